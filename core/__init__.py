@@ -1,0 +1,1 @@
+"""ptqconv core: IR, hook specs, plugin manager, quantization core, calibration engine, CLI."""

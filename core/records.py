@@ -1,0 +1,116 @@
+"""Frozen records that plugins hand to the host through the ``register_*`` hooks."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class ModelFormat:
+    """A model file format.
+
+    ``read(paths, options) -> LoadedModel`` and ``write(graph, table, path, options)`` are optional.
+    ``sniff(path) -> bool`` recognizes a file by content. ``extensions`` are the main file's
+    endings (".onnx"); ``companions`` the endings of files that travel with it (".bin").
+    ``quantized`` lists the integer types its quantizing writers produce: a writer named
+    ``<name>-int8`` exists when "int8" is listed. ``backend`` is the hardware profile its int8
+    writer targets by default.
+    """
+
+    name: str
+    description: str = ""
+    extensions: Tuple[str, ...] = ()
+    companions: Tuple[str, ...] = ()
+    read: Optional[Callable] = None
+    write: Optional[Callable] = None
+    sniff: Optional[Callable] = None
+    quantized: Tuple[str, ...] = ()
+    backend: str = "generic"
+    write_passes: Tuple[str, ...] = ()
+
+
+@dataclass
+class LoadedModel:
+    """What a reader returns: the float IR and, for already-quantized files, their table."""
+
+    graph: object
+    table: Optional[object] = None
+
+
+@dataclass(frozen=True)
+class Calibrator:
+    """An activation calibration method.
+
+    ``compute(stats, spec, params) -> ActQuant`` turns streamed :class:`TensorStats` into a
+    quantization for one tensor. ``observer`` optionally creates extra per-tensor streaming state
+    (object with ``update(array)``), passed to ``compute`` as ``stats.extra``. ``refine`` optionally
+    improves the whole table after the statistics pass, with access to the model and data.
+    """
+
+    name: str
+    compute: Callable
+    description: str = ""
+    observer: Optional[Callable] = None
+    refine: Optional[Callable] = None
+    params: Dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WeightQuantizer:
+    """A weight quantization method: ``quantize(w, axis, bits, params) -> scales`` (steps)."""
+
+    name: str
+    quantize: Callable
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class OpCaps:
+    """What a backend runs in integer arithmetic for one op type."""
+
+    weights: Tuple[str, ...] = ("per-channel", "per-tensor")  # granularities it accepts
+    activations: Tuple[str, ...] = ("symmetric",)  # "symmetric" and/or "asymmetric"
+    bits: Tuple[int, ...] = (8,)
+    unsigned: bool = False  # activations as uint8 with zero point
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A hardware target as data: which ops run in int8 and with which granularity/bits."""
+
+    name: str
+    ops: Dict[str, OpCaps]
+    description: str = ""
+    quantize_outputs: bool = False  # also give the outputs of quantized ops a scale
+
+
+@dataclass(frozen=True)
+class GraphPass:
+    """A named graph transformation: ``run(graph) -> graph``."""
+
+    name: str
+    run: Callable
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class TableFormat:
+    """A quantization-table file format chosen by file ending.
+
+    ``read(path, graph) -> QuantTable``; ``write(table, graph, path)``.
+    """
+
+    name: str
+    extensions: Tuple[str, ...]
+    read: Optional[Callable] = None
+    write: Optional[Callable] = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Command:
+    """A CLI sub-command (``ptqconv NAME ...``): ``run(argv) -> exit code``."""
+
+    name: str
+    run: Callable
+    description: str = ""
