@@ -41,6 +41,8 @@ def convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", nargs="+", help="layer names kept in float")
     p.add_argument("--weights", choices=["per-channel", "per-tensor", "mix"],
                    help="weight granularity")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="format option passed to the reader/writer (repeatable), e.g. fp16=1")
     p.add_argument("-q", "--quiet", action="store_true", help="no step log")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -57,8 +59,22 @@ def run_convert(argv) -> int:
                  "calibration.count": args.count, "calibration.method": args.method,
                  "calibration.threads": args.threads, "calibration.batch_size": args.batch_size,
                  "quantize.skip": args.skip, "quantize.weights": args.weights}
+    for item in args.option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise PtqconvError(f"--option expects KEY=VALUE, got '{item}'")
+        overrides[f"options.{key}"] = _parse_scalar(value)
     convert(args.config, **overrides)
     return 0
+
+
+def _parse_scalar(text):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 def run_plugins(argv) -> int:

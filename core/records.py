@@ -14,7 +14,9 @@ class ModelFormat:
     endings (".onnx"); ``companions`` the endings of files that travel with it (".bin").
     ``quantized`` lists the integer types its quantizing writers produce: a writer named
     ``<name>-int8`` exists when "int8" is listed. ``backend`` is the hardware profile its int8
-    writer targets by default.
+    writer targets by default. ``write_passes`` are graph passes (by name) the host runs before
+    ``write``. ``runtime(paths, options) -> callable(feed: dict) -> list of arrays`` runs a file of
+    this format in its real runtime (used by ``eval`` and tests), when one is installed.
     """
 
     name: str
@@ -27,6 +29,7 @@ class ModelFormat:
     quantized: Tuple[str, ...] = ()
     backend: str = "generic"
     write_passes: Tuple[str, ...] = ()
+    runtime: Optional[Callable] = None
 
 
 @dataclass

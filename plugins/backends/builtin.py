@@ -1,21 +1,43 @@
-"""Built-in hardware backend profiles (capabilities as data)."""
+"""Built-in hardware backend profiles: what each target runs in int8, as data.
+
+Writers name their default profile (``ModelFormat.backend``); ``--backend`` picks another. The
+quantization core asks the profile which ops to quantize and with which granularity, and refuses
+a table the profile cannot run.
+"""
 from ptqconv.core.hookspecs import hookimpl
 from ptqconv.core.records import Backend, OpCaps
 
-_CONV_FC = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+CONV_FC = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+PER_CHANNEL_OR_TENSOR = ("per-channel", "per-tensor")
 
 
-def _profile(name, description, ops, weights=("per-channel", "per-tensor"),
-             activations=("symmetric",), unsigned=False, outputs=False):
-    caps = OpCaps(weights=weights, activations=activations, unsigned=unsigned)
+def _profile(name, description, ops=CONV_FC, weights=PER_CHANNEL_OR_TENSOR,
+             activations=("symmetric",), unsigned=False, outputs=False, bits=(8,)):
+    caps = OpCaps(weights=weights, activations=activations, unsigned=unsigned, bits=bits)
     return Backend(name, {op: caps for op in ops}, description, quantize_outputs=outputs)
+
+
+LOW_BITS = tuple(range(2, 9))
 
 
 @hookimpl
 def register_backends(register):
-    register(_profile("generic", "int8 Conv/Gemm/MatMul, per-channel or per-tensor weights, "
-                      "symmetric activations", _CONV_FC))
-    register(_profile("onnxruntime", "onnxruntime QDQ: int8/uint8 activations, per-channel weights",
-                      _CONV_FC, activations=("symmetric", "asymmetric"), unsigned=True))
-    register(_profile("generic-per-tensor", "per-tensor weights and activations only", _CONV_FC,
+    register(_profile("generic", "int8 Conv/Gemm/MatMul/ConvTranspose, per-channel or per-tensor "
+                      "weights, symmetric activations", bits=LOW_BITS))
+    register(_profile("onnxruntime", "onnxruntime QDQ: int8 or uint8 activations (zero point), "
+                      "per-channel or per-tensor weights", activations=("symmetric", "asymmetric"),
+                      unsigned=True, bits=LOW_BITS))
+    register(_profile("generic-per-tensor", "per-tensor weights and symmetric activations only",
                       weights=("per-tensor",)))
+    register(_profile("ncnn-cpu", "ncnn int8: Convolution, ConvolutionDepthWise, InnerProduct; "
+                      "per-channel (per-group) weights, symmetric int8 activations",
+                      ops=("Conv", "Gemm", "MatMul")))
+    register(_profile("mnn-cpu", "MNN int8 convolutions: per-channel symmetric weights, per-tensor "
+                      "activations", ops=("Conv", "ConvTranspose"), bits=LOW_BITS))
+    register(_profile("tengine-cpu", "Tengine int8/uint8: Convolution, FC, Deconvolution",
+                      ops=("Conv", "Gemm", "MatMul", "ConvTranspose"),
+                      activations=("symmetric", "asymmetric"), unsigned=True))
+    register(_profile("tnn-cpu", "TNN int8: Convolution, InnerProduct (per-channel, mix or "
+                      "per-tensor)", ops=("Conv", "Gemm", "MatMul")))
+    register(_profile("tensorrt", "TensorRT int8: per-tensor symmetric activations, per-channel "
+                      "weights", weights=("per-channel",)))

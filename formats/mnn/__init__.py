@@ -1,0 +1,1 @@
+"""The mnn format plugin (reader, writers, op table)."""

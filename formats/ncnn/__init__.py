@@ -1,0 +1,1 @@
+"""The ncnn format plugin (reader, writers, op table)."""

@@ -1,0 +1,1 @@
+"""The tmfile format plugin (reader, writers, op table)."""

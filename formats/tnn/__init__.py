@@ -1,0 +1,1 @@
+"""The tnn format plugin (reader, writers, op table)."""
