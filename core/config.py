@@ -44,6 +44,8 @@ class Calibration(_Strict):
     batch_size: int = Field(1, gt=0)
     threads: int = Field(0, ge=0)
     labels: Optional[str] = None
+    refine: Literal["cosine", "none"] = "cosine"
+    refine_inputs: int = Field(32, gt=0)
 
 
 class Quantize(_Strict):
@@ -55,6 +57,7 @@ class Quantize(_Strict):
     weight_bits: Optional[int] = Field(None, ge=2, le=8)
     activation_bits: Optional[int] = Field(None, ge=2, le=8)
     skip: List[str] = Field(default_factory=list)
+    bias_correction: bool = False
     params: Dict[str, Union[float, int, str, bool]] = Field(default_factory=dict)
 
 
@@ -180,7 +183,9 @@ def _read_yaml(path):
 
 def _resolve_paths(data, base):
     def fix(p):
-        return p if not isinstance(p, str) or os.path.isabs(p) or p == "" else os.path.join(base, p)
+        if not isinstance(p, str) or os.path.isabs(p) or p == "":
+            return p
+        return os.path.normpath(os.path.join(base, p))
     if "input" in data:
         data["input"] = [fix(p) for p in data["input"]] if isinstance(data["input"], list) \
             else fix(data["input"])

@@ -10,10 +10,12 @@ from ptqconv.core import log
 from ptqconv.core.atomic import check_not_input
 from ptqconv.core.calibrate import collect_stats
 from ptqconv.core.config import Config, load_config
+from ptqconv.core.corrections import apply_bias_corrections, measure_bias_corrections
 from ptqconv.core.data import CalibrationData, list_samples
 from ptqconv.core.errors import PtqconvError
 from ptqconv.core.plugins import get_registry
 from ptqconv.core.qtable import QuantTable
+from ptqconv.core.refine import refine_thresholds
 from ptqconv.core.quantize import (activation_spec, assemble_table, check_table_for_backend,
                                    plan_layers, weight_scales)
 
@@ -157,6 +159,12 @@ def calibrate_table(registry, cfg: Config, graph, backend, quant: str) -> QuantT
                             "weights": q.weights, "backend": backend.name, "inputs": len(data)})
     if calibrator.refine is not None:
         table = calibrator.refine(graph, table, data, spec, params, cfg)
+    if cfg.calibration.refine == "cosine":
+        table = refine_thresholds(graph, table, stats, data, spec, cfg.calibration.threads,
+                                  cfg.calibration.refine_inputs)
+    if q.bias_correction:
+        table.bias_corrections = measure_bias_corrections(graph, table, data,
+                                                          cfg.calibration.threads)
     return table
 
 
@@ -196,6 +204,7 @@ def convert(config=None, **overrides) -> ConvertResult:
         write_table = None
     else:
         write_table = table
+    graph = apply_bias_corrections(graph, write_table)
     for name in writer.write_passes:
         graph = registry.get("passes", name).run(graph)
     written = writer.write(graph, write_table, outs, dict(cfg.options)) or outs

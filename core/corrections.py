@@ -19,7 +19,7 @@ from ptqconv.core.runtime import make_session
 CORRECTABLE = ("Conv", "Gemm", "MatMul")
 
 
-def _fake_quant_weight(graph, name, wq):
+def fake_quant_weight(graph, name, wq):
     w = graph.constants[name]
     scales = np.asarray(wq.scales, np.float32).reshape(-1)
     axis = wq.axis if scales.size > 1 else None
@@ -62,7 +62,7 @@ def measure_bias_corrections(graph, table, data, threads=0):
         g.nodes.append(Node("QuantizeLinear", g.unique_name(q + "_op"), [x, scale, zp], [q]))
         g.nodes.append(Node("DequantizeLinear", g.unique_name(dq + "_op"), [q, scale, zp], [dq]))
         w_fq = g.unique_name(node.inputs[1] + "_bc_fq")
-        g.constants[w_fq] = _fake_quant_weight(g, node.inputs[1], wq)
+        g.constants[w_fq] = fake_quant_weight(g, node.inputs[1], wq)
         y_q = g.unique_name(node.outputs[0] + "_bc_y")
         g.nodes.append(Node(node.op, g.unique_name(node.name + "_bc"),
                             [dq, w_fq] + node.inputs[2:], [y_q], dict(node.attrs)))
