@@ -58,6 +58,7 @@ class Quantize(_Strict):
     activation_bits: Optional[int] = Field(None, ge=2, le=8)
     skip: List[str] = Field(default_factory=list)
     bias_correction: bool = False
+    unsigned_activations: bool = True  # where the backend runs them (onnxruntime, tengine)
     params: Dict[str, Union[float, int, str, bool]] = Field(default_factory=dict)
 
 

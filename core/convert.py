@@ -17,7 +17,7 @@ from ptqconv.core.plugins import get_registry
 from ptqconv.core.qtable import QuantTable
 from ptqconv.core.refine import refine_thresholds
 from ptqconv.core.quantize import (activation_spec, assemble_table, check_table_for_backend,
-                                   plan_layers, weight_scales)
+                                   plan_layers, unsigned_where_non_negative, weight_scales)
 
 
 @dataclass
@@ -150,6 +150,10 @@ def calibrate_table(registry, cfg: Config, graph, backend, quant: str) -> QuantT
     stats = collect_stats(graph, [layer.activation for layer in layers], data,
                           cfg.calibration.threads, observer=calibrator.observer)
     activations = {name: calibrator.compute(s, spec, params) for name, s in stats.items()}
+    if spec.symmetric and cfg.quantize.unsigned_activations:
+        n = unsigned_where_non_negative(graph, activations, backend)
+        if n:
+            log.step(f"{n} non-negative tensor(s) use unsigned codes with zero point 0")
     zero = [n for n, a in activations.items() if a.scale == 0]
     if zero:
         log.step(f"warning: {len(zero)} tensor(s) were all zero on the calibration data "

@@ -131,14 +131,18 @@ def fuse_activation(graph: Graph) -> Graph:
             if (len(act.inputs) > 1 and act.inputs[1] and lo is None) or \
                     (len(act.inputs) > 2 and act.inputs[2] and hi is None):
                 continue
-            params = {"min": float(lo) if lo is not None else float(act.attr("min", -3.4028235e38)),
-                      "max": float(hi) if hi is not None else float(act.attr("max", 3.4028235e38))}
+            params = {"min": _scalar(lo) if lo is not None else float(act.attr("min", -3.4028235e38)),
+                      "max": _scalar(hi) if hi is not None else float(act.attr("max", 3.4028235e38))}
         prev.attrs["fused_activation"] = act.op
         prev.attrs["fused_activation_params"] = params
         graph.nodes.remove(act)
         graph.value_info.pop(prev.outputs[0], None)
         prev.outputs = [act.outputs[0]]
     return graph.cleanup()
+
+
+def _scalar(value) -> float:
+    return float(np.asarray(value).reshape(-1)[0])
 
 
 def remove_identity(graph: Graph) -> Graph:

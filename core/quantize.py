@@ -9,7 +9,7 @@ import numpy as np
 from ptqconv.core.errors import PtqconvError, did_you_mean
 from ptqconv.core.ir.graph import Graph, Node
 from ptqconv.core.numeric import QuantSpec
-from ptqconv.core.qtable import FLOAT, INT8, QuantTable, WeightQuant
+from ptqconv.core.qtable import FLOAT, INT8, ActQuant, QuantTable, WeightQuant
 
 
 @dataclass
@@ -81,6 +81,41 @@ def activation_spec(quant: str, bits: int, backend=None) -> QuantSpec:
     if quant == "uint8":
         return QuantSpec(bits=bits, signed=False, symmetric=False)
     return QuantSpec(bits=bits, signed=True, symmetric=True)
+
+
+def non_negative(graph: Graph, tensor: str) -> bool:
+    """True when ``tensor`` cannot be negative by construction (ReLU, Clip with min >= 0,
+    Sigmoid, Softmax, or max-pooling of such a tensor)."""
+    node = graph.producer(tensor)
+    if node is None:
+        return False
+    if node.op in ("Relu", "Sigmoid", "Softmax", "HardSigmoid"):
+        return True
+    if node.op == "Clip":
+        lo = graph.constants.get(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] \
+            else node.attr("min")
+        return lo is not None and np.asarray(lo).size == 1 and float(np.asarray(lo).reshape(-1)[0]) >= 0
+    if node.op in ("MaxPool", "GlobalMaxPool", "Flatten", "Reshape", "GlobalAveragePool",
+                   "AveragePool"):
+        return non_negative(graph, node.inputs[0])
+    if node.op == "Concat":
+        return all(non_negative(graph, i) for i in node.inputs)
+    return False
+
+
+def unsigned_where_non_negative(graph: Graph, activations, backend) -> int:
+    """Give structurally non-negative tensors unsigned codes [0, 2^bits-1] with zero point 0
+    (still symmetric: the sign bit would be wasted) when ``backend`` runs unsigned activations.
+    Changes ``activations`` in place; returns how many changed."""
+    if not any(c.unsigned for c in backend.ops.values()):
+        return 0
+    changed = 0
+    for name, aq in activations.items():
+        if aq.signed and aq.zero_point == 0 and aq.scale > 0 and non_negative(graph, name):
+            t = aq.threshold if aq.threshold is not None else aq.scale * aq.qmax
+            activations[name] = ActQuant(t / (2 ** aq.bits - 1), 0, aq.bits, False, t)
+            changed += 1
+    return changed
 
 
 def assemble_table(layers: List[QuantLayer], activations, weights, all_nodes, skip,

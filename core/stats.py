@@ -4,6 +4,10 @@ Memory per tensor is constant: a few float64 accumulators and a histogram of ``|
 bins whose width only grows. When a batch exceeds the covered range, every ``k`` neighbouring bins
 are merged (``k`` a power of two), which loses no counts and keeps bin edges aligned: the result is
 the histogram one would have built directly with the final width.
+
+Min, max, sums and counts use every value. The histogram (and ``zero_count``, in the same units)
+uses at most ``hist_samples`` values per tensor per batch, taken with a prime stride so it does
+not alias with the tensor's layout; 0 means every value (exact, slower).
 """
 from __future__ import annotations
 
@@ -12,17 +16,20 @@ import math
 import numpy as np
 
 HIST_BINS = 2048
+HIST_SAMPLES = 1 << 17
 
 
 class TensorStats:
     """Running min/max/absmax/sums, NaN/Inf counts, zero count and an ``|x|`` histogram."""
 
-    def __init__(self, name: str, bins: int = HIST_BINS, histogram: bool = True):
+    def __init__(self, name: str, bins: int = HIST_BINS, histogram: bool = True,
+                 hist_samples: int = HIST_SAMPLES):
         self.name = name
         self.bins = bins
         self.histogram = histogram
+        self.hist_samples = hist_samples
         self.count = 0          # finite values seen
-        self.zero_count = 0     # exact zeros among them (not in the histogram)
+        self.zero_count = 0     # exact zeros among the histogrammed values (not in the histogram)
         self.nan_count = 0
         self.inf_count = 0
         self.min = math.inf
@@ -68,16 +75,20 @@ class TensorStats:
         self.count += flat.size
         self.min = min(self.min, float(lo))
         self.max = max(self.max, float(hi))
-        mag = np.abs(flat)
         self.sum += float(flat.sum(dtype=np.float64))
-        self.sum_abs += float(mag.sum(dtype=np.float64))
-        self.sum_sq += float(np.dot(flat.astype(np.float64, copy=False), flat))
+        self.sum_sq += float(np.dot(flat, flat))
+        sample = flat
+        if self.hist_samples and flat.size > self.hist_samples:
+            sample = flat[self.batches % 7::_prime_stride(flat.size, self.hist_samples)]
+        mag = np.abs(sample)
+        self.sum_abs += float(mag.sum(dtype=np.float64)) * (flat.size / sample.size)
         nonzero = int(np.count_nonzero(mag))
-        self.zero_count += flat.size - nonzero
+        self.zero_count += sample.size - nonzero
         if self.histogram and nonzero:
-            self._add_to_histogram(mag, max(abs(float(lo)), abs(float(hi))), flat.size - nonzero)
+            self._add_to_histogram(mag, max(abs(float(lo)), abs(float(hi))), sample.size - nonzero)
 
     def _add_to_histogram(self, mag: np.ndarray, batch_absmax: float, zeros: int) -> None:
+        # the range grows with the batch's true absmax (the sample may have missed the extreme)
         if self.bin_width == 0.0:
             self.bin_width = batch_absmax / self.bins
         elif batch_absmax > self.hist_range:
@@ -85,7 +96,8 @@ class TensorStats:
             while self.hist_range * k < batch_absmax:  # guard against log2 rounding
                 k *= 2
             self.rebin(k)
-        idx = (mag * np.float32(1.0 / self.bin_width)).astype(np.int64)
+        mag *= np.float32(1.0 / self.bin_width)
+        idx = mag.astype(np.intp)
         np.minimum(idx, self.bins - 1, out=idx)
         counts = np.bincount(idx, minlength=self.bins).astype(np.float64)
         counts[0] -= zeros  # exact zeros are tracked in zero_count, not in the histogram
@@ -117,3 +129,15 @@ class TensorStats:
     def __repr__(self):
         return (f"TensorStats({self.name!r}, n={self.count}, min={self.min:.4g}, "
                 f"max={self.max:.4g}, bin_width={self.bin_width:.4g})")
+
+
+_PRIMES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83,
+           89, 97, 101, 103, 107, 109, 113, 127)
+
+
+def _prime_stride(size: int, samples: int) -> int:
+    """Smallest stride >= size/samples that is prime (or a product of no small factor)."""
+    k = max(2, -(-size // samples))
+    while any(k % p == 0 and k != p for p in _PRIMES):
+        k += 1
+    return k
