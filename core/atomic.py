@@ -25,8 +25,10 @@ def atomic_outputs(paths: Sequence[str]):
     try:
         for p in paths:
             folder = os.path.dirname(os.path.abspath(p))
-            if not os.path.isdir(folder):
-                raise PtqconvError(f"{p}: output folder {folder} does not exist")
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as exc:
+                raise PtqconvError(f"{p}: cannot create output folder: {exc.strerror}") from None
             fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(p) + ".", suffix=".tmp",
                                        dir=folder)
             os.close(fd)
