@@ -117,10 +117,21 @@ def _model_fields(model_cls, loc):
     return names
 
 
+_MODEL_NAMES = {"Preprocess", "Calibration", "Quantize", "Config"}
+
+
+def _clean_loc(loc):
+    return tuple(p for p in loc if not (isinstance(p, str) and (
+        p in _MODEL_NAMES or p.startswith(("list[", "function", "str", "int", "float", "bool")))))
+
+
 def _format_error(exc: ValidationError, source: str) -> PtqconvError:
+    errors = [(_clean_loc(e["loc"]), e) for e in exc.errors()]
+    # a union reports every alternative: keep the most specific location only
+    errors = [(loc, e) for loc, e in errors
+              if not any(len(other) > len(loc) and other[:len(loc)] == loc for other, _ in errors)]
     lines = []
-    for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("list[", "function"))))
+    for loc, err in errors:
         key = ".".join(str(p) for p in loc)
         if err["type"] == "extra_forbidden":
             hint = did_you_mean(loc[-1], _model_fields(Config, loc))

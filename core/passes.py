@@ -5,8 +5,11 @@ Each pass takes a :class:`Graph`, changes it in place and returns it, so passes 
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from ptqconv.core.hookspecs import hookimpl
+from ptqconv.core.ir.onnx_bridge import to_onnx
+from ptqconv.core.runtime import session_from_model
 from ptqconv.core.ir.graph import Graph, Node
 from ptqconv.core.ir.ops import ACTIVATION_OPS
 from ptqconv.core.records import GraphPass
@@ -46,23 +49,15 @@ def fold_constants(graph: Graph) -> Graph:
 
 
 def _evaluate(graph: Graph, node: Node):
-    from ptqconv.core.runtime import make_session
+    """Run one node whose inputs are constants on onnxruntime; None if it cannot run alone."""
     sub = Graph("fold", [], [], [node], {i: graph.constants[i] for i in node.inputs if i},
                 opset=graph.opset)
-    from ptqconv.core.ir.graph import TensorInfo
-    sub.outputs = [TensorInfo(o) for o in node.outputs]
+    model = to_onnx(sub, keep_value_info=False)
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(o) for o in node.outputs)
     try:
-        from ptqconv.core.ir.onnx_bridge import to_onnx
-        import onnx
-        model = to_onnx(sub, keep_value_info=False)
-        model = onnx.shape_inference.infer_shapes(model)
-        sub.outputs = []
-        for vi in model.graph.output:
-            from ptqconv.core.ir.onnx_bridge import _value_info_to_tensor
-            sub.outputs.append(_value_info_to_tensor(vi))
-        sess = make_session(sub)
-        return [np.asarray(v) for v in sess.run(None, {})]
-    except Exception:  # leave the node as it is when it cannot be evaluated alone
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        return [np.asarray(v) for v in session_from_model(inferred).run(None, {})]
+    except Exception:  # onnx/onnxruntime raise many types; the node then simply stays
         return None
 
 
