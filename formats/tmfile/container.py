@@ -33,6 +33,7 @@ class TmTensor:
     quant: List[Tuple[int, float, int]] = field(default_factory=list)
     data: Optional[bytes] = None
     layout: int = 0
+    offset: int = field(default=0, compare=False)  # where it was read (for error messages)
 
 
 @dataclass
@@ -165,8 +166,8 @@ def _read_tensors(b: TmBytes, vo_tensors: int, buffers: List[int]) -> List[TmTen
         if ttype == S.T_CONST:
             data = _const_data(b, at, what, dims, dtype, buffer_id, buffers)
         b.leave()
-        tensors.append(TmTensor(name if name is not None else f"tensor_{k}", ttype, dtype, dims,
-                                quant, data, layout))
+        tensors.append(TmTensor(name if name else f"tensor_{k}", ttype, dtype, dims, quant, data,
+                                layout, offset=at))
     b.leave()
     return tensors
 

@@ -133,3 +133,9 @@ PARAMS: Dict[str, ParamStruct] = {
 # Ops written with offset_t_param = 0.
 NO_PARAM = frozenset({"Const", "InputOp", "ReLU6", "Sigmoid", "Tanh", "Dropout", "PReLU", "Mish",
                       "Logistic"})
+
+# ptqconv naming convention for a Conv/Deconv activation field split into its own IR node: the
+# node is ``<conv name>__act`` and the tensor between them ``<output>__preact``. The writer folds
+# exactly this pattern back into the activation field, so files round-trip byte for byte.
+ACT_SUFFIX = "__act"
+PREACT_SUFFIX = "__preact"
