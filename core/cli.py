@@ -99,7 +99,13 @@ def run_plugins(argv) -> int:
     return 0
 
 
-BUILTIN_COMMANDS = {"plugins": run_plugins}
+def run_eval(argv) -> int:
+    """``ptqconv eval``: see :func:`ptqconv.core.evaluate.run_eval`."""
+    from ptqconv.core.evaluate import run_eval as _run_eval
+    return _run_eval(argv)
+
+
+BUILTIN_COMMANDS = {"plugins": run_plugins, "eval": run_eval}
 
 
 def main(argv=None) -> int:
