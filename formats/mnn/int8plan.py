@@ -1,0 +1,148 @@
+"""Which layers the ``mnn-int8`` writer quantizes and with which scales (MNN 3.x KL layout).
+
+MNN 3.x runs a Convolution/ConvolutionDepthwise in int8 when its weights are an IDSTQuan blob and
+both its input and output tensors carry an int8 ``quantInfo`` (specs/mnn.md §5.1). The table gives
+the input scale of every int8 layer; an output scale is taken from the table when the tensor has
+one, otherwise from the consumers: a tensor feeding only an Add/Sum uses the sum's scale (the rule
+MNN and Tengine use for element-wise inputs, algorithms.md §1.3), a tensor reaching an int8 layer
+through layout-only ops uses that layer's input scale. A layer whose output scale cannot be
+found stays float.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from ptqconv.core.log import step
+from ptqconv.core.numeric import quantize_weights
+from ptqconv.core.qtable import ActQuant, QuantTable
+from ptqconv.formats.mnn import schema as S
+from ptqconv.formats.mnn.fbwrite import T, f32, flag, i8, i32
+from ptqconv.formats.mnn.idst import encode_dense
+from ptqconv.formats.mnn.netbuild import QuantInfo
+
+WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+PASS_THROUGH = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose")
+SUMS = ("Add", "Sum")
+
+
+@dataclass
+class ConvPlan:
+    """One int8 layer: int8 weight codes [out, ...], per-output-channel steps, in/out scales."""
+
+    codes: np.ndarray
+    alpha: np.ndarray
+    in_quant: QuantInfo
+    out_quant: QuantInfo
+    bits: int = 8
+
+    def tables(self, lo: int = 0, hi: Optional[int] = None) -> Tuple[T, T]:
+        """(IDSTQuan, QuantizedFloatParam) tables for output channels ``lo:hi``."""
+        codes, alpha = self.codes[lo:hi], self.alpha[lo:hi]
+        buf, wide = encode_dense(codes, self.bits)
+        qmax = 2 ** (self.bits - 1) - 1
+        idst = T({S.IDST_QUAN.buffer: buf, S.IDST_QUAN.alpha: alpha.astype("<f4"),
+                  S.IDST_QUAN.type: i32(1), S.IDST_QUAN.useInt32: flag(False),
+                  S.IDST_QUAN.quantScale: f32(1.0), S.IDST_QUAN.scaleIn: f32(self.in_quant.scale),
+                  S.IDST_QUAN.scaleOut: f32(self.out_quant.scale),
+                  S.IDST_QUAN.aMaxOrBits: i32(self.bits), S.IDST_QUAN.aMin: i32(0),
+                  S.IDST_QUAN.readType: i32(0), S.IDST_QUAN.has_scaleInt: flag(False),
+                  S.IDST_QUAN.shapeInt32: flag(wide), S.IDST_QUAN.weightSize: Scalar32(0),
+                  S.IDST_QUAN.scaleStorage: i8(0)})
+        sym = T({S.QUANT_FLOAT.method: i8(0), S.QUANT_FLOAT.nbits: i32(self.bits),
+                 S.QUANT_FLOAT.zeroPoint: i8(int(self.in_quant.zero)),
+                 S.QUANT_FLOAT.outputZeroPoint: i8(int(self.out_quant.zero)),
+                 S.QUANT_FLOAT.clampMin: i8(-qmax), S.QUANT_FLOAT.clampMax: i8(qmax),
+                 S.QUANT_FLOAT.outputDataType: i32(S.DT_INT8)})
+        return idst, sym
+
+
+def Scalar32(v):
+    """An unsigned 32-bit scalar field."""
+    from ptqconv.formats.mnn.fbwrite import Scalar
+    return Scalar("I", int(v))
+
+
+def quant_info(a: ActQuant) -> QuantInfo:
+    """MNN quantInfo of a table entry (step, zero point, code range)."""
+    return QuantInfo(float(a.scale), float(a.zero_point), float(a.qmin), float(a.qmax))
+
+
+def _out_scale(graph, tensor: str, scales: Dict[str, QuantInfo], consumers, depth=0):
+    if tensor in scales:
+        return scales[tensor]
+    users = consumers.get(tensor, [])
+    if not users or tensor in graph.output_names() or depth > 8:
+        return None
+    if all(u.op in SUMS for u in users):
+        found = [_out_scale(graph, u.outputs[0], scales, consumers, depth + 1) for u in users]
+        found = [f for f in found if f is not None]
+        return max(found, key=lambda q: q.scale) if found else None
+    for u in users:
+        if u.op in PASS_THROUGH:
+            q = _out_scale(graph, u.outputs[0], scales, consumers, depth + 1)
+            if q is not None:
+                return q
+    return None
+
+
+def plan_int8(graph, table: QuantTable, options=None):
+    """Return ({node name: ConvPlan}, {tensor: QuantInfo}) for the int8 writer."""
+    scales = {name: quant_info(a) for name, a in table.activations.items()
+              if a.scale > 0 and a.signed}
+    consumers = graph.consumers()
+    plans: Dict[str, ConvPlan] = {}
+    skipped = []
+    for node in graph.nodes:
+        if node.op not in WEIGHTED or not table.is_quantized(node.name):
+            continue
+        wname = node.inputs[1] if len(node.inputs) > 1 else ""
+        wq = table.weights.get(wname)
+        q_in = scales.get(node.inputs[0])
+        if wq is None or q_in is None or wname not in graph.constants:
+            skipped.append(node.name)
+            continue
+        q_out = _out_scale(graph, node.outputs[0], scales, consumers)
+        if q_out is None:
+            skipped.append(node.name)
+            continue
+        codes, alpha = _weight_codes(node, graph.constants[wname], wq)
+        if codes is None:
+            skipped.append(node.name)
+            continue
+        scales.setdefault(node.outputs[0], q_out)
+        plans[node.name] = ConvPlan(codes, alpha, q_in, q_out, int(wq.bits))
+    if skipped:
+        step(f"mnn-int8: {len(skipped)} layer(s) kept in float (no input/output scale or "
+             f"unsupported weight layout): {', '.join(skipped[:5])}"
+             + (" ..." if len(skipped) > 5 else ""))
+    return plans, scales
+
+
+def _weight_codes(node, w: np.ndarray, wq):
+    """int8 codes [out, ...] and per-output-channel steps in MNN's weight layout, or (None, None)."""
+    w = np.asarray(w, dtype=np.float32)
+    scales = np.asarray(wq.scales, dtype=np.float64).reshape(-1)
+    if node.op == "Conv":
+        out_axis = 0
+    elif node.op == "ConvTranspose":
+        return None, None  # MNN's int8 deconvolution layout is not verified: keep it float
+    elif node.op == "Gemm":
+        out_axis = 0 if node.attr("transB", 0) else 1
+    else:  # MatMul [K, N]
+        out_axis = 1
+    n_out = w.shape[out_axis]
+    if wq.axis is None or scales.size == 1:
+        scales = np.full(n_out, scales[0])
+    elif wq.axis != out_axis or scales.size != n_out:
+        return None, None
+    if node.op == "Gemm":
+        alpha_attr = float(node.attr("alpha", 1.0))
+        scales = scales * abs(alpha_attr)
+        w = w * alpha_attr
+    codes = quantize_weights(w, scales, out_axis, int(wq.bits))
+    if out_axis != 0:
+        codes = np.moveaxis(codes, out_axis, 0)
+    return np.ascontiguousarray(codes), scales.astype(np.float32)
