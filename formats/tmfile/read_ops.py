@@ -32,6 +32,7 @@ class ReadContext:
         self.rank: Dict[str, int] = {}
         self.unsupported: List[str] = []
         self.claimed: Dict[str, np.ndarray] = {}
+        self.derived: Dict[str, str] = {}  # tensors the reader adds -> tensor with the same scale
         for name, t in zip(names, model.tensors):
             if t.dims is not None:
                 self.rank[name] = len(t.dims)
@@ -235,6 +236,7 @@ def read_fc(ctx, node):
         # Tengine's FC flattens its input like Caffe's InnerProduct; ONNX Gemm needs 2-D.
         flat = ctx.fresh(x + "_flatten")
         ctx.emit("Flatten", node.name + "_flatten", [x], [flat], axis=1)
+        ctx.derived[flat] = x
         x = flat
     inputs = [x, w]
     if len(node.inputs) > 2:

@@ -98,7 +98,7 @@ def convert_model(model: TmModel, path: str) -> LoadedModel:
         graph.validate()
     except PtqconvError as exc:
         raise ModelFormatError(path, None, str(exc)) from None
-    return LoadedModel(graph, _table(model, names, graph))
+    return LoadedModel(graph, _table(model, names, graph, ctx.derived))
 
 
 def _tensor_names(tensors: List[TmTensor]) -> List[str]:
@@ -139,7 +139,10 @@ def dequantize(t: TmTensor, path: str) -> np.ndarray:
             raise ModelFormatError(path, f"offset {t.offset}", f"quantized tensor '{t.name}' "
                                                                f"has no quant params")
         view = _channel_view(t, path, len(t.quant))
-        zp = np.array([q[0] for q in t.quant], np.float64).reshape(view)
+        # int8 is symmetric in Tengine's int8 kernels; quant_tool leaves garbage zero points on
+        # some single-channel layers, so only uint8 uses them.
+        zp = np.array([q[0] if t.data_type == S.UINT8 else 0 for q in t.quant],
+                      np.float64).reshape(view)
         scale = np.array([q[1] for q in t.quant], np.float32).astype(np.float64).reshape(view)
         return ((raw.astype(np.float64) - zp) * scale).astype(np.float32)
     if t.data_type == S.INT32 and t.quant and any(q[1] != 0 for q in t.quant):
@@ -151,7 +154,7 @@ def dequantize(t: TmTensor, path: str) -> np.ndarray:
     return raw.astype(raw.dtype.newbyteorder("="))
 
 
-def _table(model: TmModel, names: List[str], graph: Graph):
+def _table(model: TmModel, names: List[str], graph: Graph, derived: Dict[str, str]):
     """The QuantTable of a quantized file (None for a float file)."""
     present = set(graph.input_names()) | {o for n in graph.nodes for o in n.outputs}
     table = QuantTable(meta={"source": "tmfile"})
@@ -161,6 +164,9 @@ def _table(model: TmModel, names: List[str], graph: Graph):
             zp, scale, _ = t.quant[0]
             table.activations[names[k]] = ActQuant(float(scale), int(zp), 8,
                                                    t.data_type == S.INT8)
+    for tensor, source in derived.items():
+        if source in table.activations:  # e.g. the Flatten the reader puts before an FC
+            table.activations[tensor] = table.activations[source]
     users: Dict[str, List[str]] = {}
     for n in graph.nodes:
         if n.op in ("Conv", "ConvTranspose", "Gemm") and len(n.inputs) > 1:
