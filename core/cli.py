@@ -43,6 +43,9 @@ def convert_parser() -> argparse.ArgumentParser:
                    help="weight granularity")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="format option passed to the reader/writer (repeatable), e.g. fp16=1")
+    p.add_argument("--input-shape", action="append", metavar="N,C,H,W",
+                   help="model input shape for formats that do not store one (TorchScript); "
+                        "repeat for several inputs; same as --option input_shape=N,C,H,W")
     p.add_argument("-q", "--quiet", action="store_true", help="no step log")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -64,6 +67,8 @@ def run_convert(argv) -> int:
         if not sep or not key:
             raise PtqconvError(f"--option expects KEY=VALUE, got '{item}'")
         overrides[f"options.{key}"] = _parse_scalar(value)
+    if args.input_shape:
+        overrides["options.input_shape"] = ";".join(args.input_shape)
     convert(args.config, **overrides)
     return 0
 

@@ -75,7 +75,8 @@ class Config(_Strict):
     calibration: Calibration = Field(default_factory=Calibration)
     preprocess: Union[Preprocess, List[Preprocess]] = Field(default_factory=Preprocess)
     quantize: Quantize = Field(default_factory=Quantize)
-    options: Dict[str, Union[float, int, str, bool, List[int]]] = Field(default_factory=dict)
+    options: Dict[str, Union[float, int, str, bool, List[int], List[List[int]]]] = Field(
+        default_factory=dict)
 
     @field_validator("input", mode="before")
     @classmethod
@@ -90,6 +91,30 @@ class Config(_Strict):
                                    f"the model has input #{index + 1}")
             return self.preprocess[index]
         return self.preprocess
+
+    def reader_options(self) -> Dict[str, object]:
+        """The ``options`` a reader gets: the config's, plus under :data:`PREPROCESS_SHAPES`
+        the input shapes the image preprocessing produces (when it fixes a size), which readers
+        of formats without stored input shapes (TorchScript) may use as a default."""
+        options = dict(self.options)
+        blocks = self.preprocess if isinstance(self.preprocess, list) else [self.preprocess]
+        shapes = [_preprocess_shape(b) for b in blocks]
+        if shapes and all(shapes):
+            options.setdefault(PREPROCESS_SHAPES, shapes)
+        return options
+
+
+PREPROCESS_SHAPES = "_preprocess_shapes"
+_CHANNELS = {"RGB": 3, "BGR": 3, "GRAY": 1, "RGBA": 4, "BGRA": 4}
+
+
+def _preprocess_shape(pre: Preprocess) -> Optional[List[int]]:
+    """Batch-1 tensor shape an image gets from ``pre`` (None when it sets no size)."""
+    if not pre.size:
+        return None
+    h, w = pre.size
+    c = _CHANNELS[pre.pixel]
+    return [1, c, h, w] if pre.layout == "NCHW" else [1, h, w, c]
 
 
 def _model_fields(model_cls, loc):

@@ -84,7 +84,7 @@ def read_model(registry, cfg: Config):
         if not os.path.exists(p):
             raise PtqconvError(f"{p}: model file not found")
     log.step(f"reading {', '.join(paths)} as {fmt.name}")
-    loaded = fmt.read(paths, dict(cfg.options))
+    loaded = fmt.read(paths, cfg.reader_options())
     return loaded, fmt, paths
 
 

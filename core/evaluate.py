@@ -92,7 +92,7 @@ def evaluate(model: List[str], data: str, labels: Optional[str] = None, config=N
         files = files[:count]
     if not files:
         raise PtqconvError(f"{data}: no image has a label in {labels_path}")
-    run, runtime, inputs = model_runner(paths, fmt, cfg.options, prefer_runtime)
+    run, runtime, inputs = model_runner(paths, fmt, cfg.reader_options(), prefer_runtime)
     if len(inputs) != 1:
         raise PtqconvError(f"eval supports single-input classifiers; the model has {len(inputs)}")
     info, pre = inputs[0], cfg.preprocess_for(0)

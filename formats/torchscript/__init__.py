@@ -1,0 +1,1 @@
+"""The TorchScript format plugin: reader ``torchscript`` (.pt/.pth) driven by the pnnx executable."""
