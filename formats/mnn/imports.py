@@ -12,6 +12,7 @@ the int8 saturation as a Clip, and the QuantTable records those units.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -217,7 +218,7 @@ def blob_array(net: MnnNet, blob: Table, where: MnnOp) -> np.ndarray:
     data = np.zeros(0, np.float32) if data is None else data
     if any(d < 0 for d in dims):
         net.fail(where, f"constant has negative dimension {dims}")
-    count = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    count = math.prod(dims) if dims else 1
     if data.size != count:
         net.fail(where, f"constant holds {data.size} value(s) for dims {dims}")
     arr = np.array(data).reshape(dims)

@@ -88,6 +88,18 @@ def _out_scale(graph, tensor: str, scales: Dict[str, QuantInfo], consumers, dept
     return None
 
 
+def _clip_scale(node) -> Optional[QuantInfo]:
+    """A layer whose fused Clip bounds its output (ReLU6) and whose output scale the table does
+    not give uses the clip range itself: it covers every value the layer can produce."""
+    if node.attrs.get("fused_activation") != "Clip":
+        return None
+    params = node.attrs.get("fused_activation_params") or {}
+    bound = max(abs(float(params.get("min", -np.inf))), abs(float(params.get("max", np.inf))))
+    if not np.isfinite(bound) or bound <= 0:
+        return None
+    return QuantInfo(bound / 127.0)
+
+
 def plan_int8(graph, table: QuantTable, options=None):
     """Return ({node name: ConvPlan}, {tensor: QuantInfo}) for the int8 writer."""
     scales = {name: quant_info(a) for name, a in table.activations.items()
@@ -104,7 +116,7 @@ def plan_int8(graph, table: QuantTable, options=None):
         if wq is None or q_in is None or wname not in graph.constants:
             skipped.append(node.name)
             continue
-        q_out = _out_scale(graph, node.outputs[0], scales, consumers)
+        q_out = _out_scale(graph, node.outputs[0], scales, consumers) or _clip_scale(node)
         if q_out is None:
             skipped.append(node.name)
             continue

@@ -95,7 +95,8 @@ def sniff_mnn(path: str) -> bool:
         if len(head) < 8 or struct.unpack_from("<I", head)[0] >= os.path.getsize(path):
             return False
     try:
-        net = Buffer(open(path, "rb").read(), path).root()
+        with open(path, "rb") as f:
+            net = Buffer(f.read(), path).root()
         return net.has(S.NET.oplists) and net.has(S.NET.tensorName)
     except (ModelFormatError, OSError):
         return False

@@ -15,8 +15,8 @@ from ptqconv.core.errors import PtqconvError
 def _mnn():
     try:
         import MNN  # noqa: WPS433  (optional dependency)
-    except ImportError:
-        raise PtqconvError("running .mnn files needs the MNN package (pip install MNN)") from None
+    except ImportError as exc:  # callers such as ``ptqconv eval`` fall back to onnxruntime
+        raise ImportError("running .mnn files needs the MNN package (pip install MNN)") from exc
     return MNN
 
 
