@@ -13,6 +13,7 @@ from ptqconv.core.config import Config, load_config
 from ptqconv.core.corrections import apply_bias_corrections, measure_bias_corrections
 from ptqconv.core.data import CalibrationData, list_samples
 from ptqconv.core.errors import PtqconvError
+from ptqconv.core.ir.ops import ACTIVATION_OPS
 from ptqconv.core.plugins import get_registry
 from ptqconv.core.qtable import QuantTable
 from ptqconv.core.refine import refine_thresholds
@@ -130,6 +131,20 @@ def calibration_data(cfg: Config, graph) -> CalibrationData:
     return data
 
 
+def output_activations(graph, layers) -> List[str]:
+    """The outputs of the quantized layers, taken after an activation that is their only
+    consumer (writers fuse it), for backends with ``quantize_outputs``."""
+    consumers = graph.consumers()
+    result = []
+    for layer in layers:
+        out = layer.node.outputs[0]
+        users = consumers.get(out, [])
+        if len(users) == 1 and users[0].op in ACTIVATION_OPS and out not in graph.output_names():
+            out = users[0].outputs[0]
+        result.append(out)
+    return list(dict.fromkeys(result))
+
+
 def calibrate_table(registry, cfg: Config, graph, backend, quant: str) -> QuantTable:
     """Calibrate activations and quantize weights into a new :class:`QuantTable`."""
     q = cfg.quantize
@@ -147,7 +162,8 @@ def calibrate_table(registry, cfg: Config, graph, backend, quant: str) -> QuantT
                             q.params)
     data = calibration_data(cfg, graph)
     params = {**calibrator.params, **cfg.calibration.params}
-    stats = collect_stats(graph, [layer.activation for layer in layers], data,
+    outputs = output_activations(graph, layers) if backend.quantize_outputs else []
+    stats = collect_stats(graph, [layer.activation for layer in layers] + outputs, data,
                           cfg.calibration.threads, observer=calibrator.observer)
     activations = {name: calibrator.compute(s, spec, params) for name, s in stats.items()}
     if spec.symmetric and cfg.quantize.unsigned_activations:
@@ -161,6 +177,8 @@ def calibrate_table(registry, cfg: Config, graph, backend, quant: str) -> QuantT
     table = assemble_table(layers, activations, weights, graph.nodes, q.skip,
                            {"method": calibrator.name, "weight_method": wquant.name,
                             "weights": q.weights, "backend": backend.name, "inputs": len(data)})
+    for name in outputs:  # backends that store an output scale per int8 layer (TNN)
+        table.activations.setdefault(name, activations[name])
     if calibrator.refine is not None:
         table = calibrator.refine(graph, table, data, spec, params, cfg)
     if cfg.calibration.refine == "cosine":

@@ -38,6 +38,7 @@ def register_backends(register):
                       ops=("Conv", "Gemm", "MatMul", "ConvTranspose"),
                       activations=("symmetric", "asymmetric"), unsigned=True))
     register(_profile("tnn-cpu", "TNN int8: Convolution, InnerProduct (per-channel, mix or "
-                      "per-tensor)", ops=("Conv", "Gemm", "MatMul")))
+                      "per-tensor); every int8 layer stores an output scale",
+                      ops=("Conv", "Gemm", "MatMul"), outputs=True))
     register(_profile("tensorrt", "TensorRT int8: per-tensor symmetric activations, per-channel "
                       "weights", weights=("per-channel",)))
