@@ -23,6 +23,7 @@ from ptqconv.formats.tmfile.read_ops import READ_OPS, ReadContext
 
 WEIGHTED = ("Convolution", "Deconvolution", "FullyConnected")
 SKIPPED = ("Const", "InputOp")
+NEWER_OPS = {"HardSwish": 14, "Mish": 18}
 
 
 def sniff_tmfile(path: str) -> bool:
@@ -88,8 +89,13 @@ def convert_model(model: TmModel, path: str) -> LoadedModel:
     outputs = [_info(names[k], model.tensors[k]) for n in model.outputs
                for k in model.nodes[n].outputs]
     used = {i for n in ctx.nodes for i in n.inputs} | {t.name for t in outputs}
+    # The lowest opset with every op used: HardSwish came in 14, Mish in 18.
+    opset = max([13] + [NEWER_OPS.get(n.op, 13) for n in ctx.nodes])
+    for n in ctx.nodes:
+        if n.op == "Split" and len(n.inputs) == 1 and opset >= 18:
+            n.attrs["num_outputs"] = len(n.outputs)
     graph = Graph(model.name or os.path.splitext(os.path.basename(path))[0], inputs, outputs,
-                  ctx.nodes, {k: v for k, v in ctx.constants.items() if k in used}, opset=13)
+                  ctx.nodes, {k: v for k, v in ctx.constants.items() if k in used}, opset=opset)
     inputs_set = {t.name for t in inputs} | {t.name for t in outputs}
     graph.value_info = {names[k]: _info(names[k], t) for k, t in enumerate(model.tensors)
                         if t.type == S.T_VAR and t.dims is not None and names[k] not in inputs_set
