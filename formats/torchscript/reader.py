@@ -19,7 +19,7 @@ from ptqconv.core.plugins import get_registry
 from ptqconv.core.records import LoadedModel
 from ptqconv.formats.torchscript.archive import inspect_archive
 from ptqconv.formats.torchscript.fixups import rewrite_global_means
-from ptqconv.formats.torchscript.pnnx import find_pnnx, run_pnnx, summarize_output
+from ptqconv.formats.torchscript.pnnx import PnnxMissing, find_pnnx, run_pnnx, summarize_output
 from ptqconv.formats.torchscript.shapes import (parse_input_shapes, pnnx_argument,
                                                 read_pnnx_input_shapes)
 
@@ -82,7 +82,10 @@ def read_torchscript(paths, options=None) -> LoadedModel:
     path = paths[0]
     info = inspect_archive(path)
     shapes = choose_shapes(options, info.traced_inputs, path)
-    exe = find_pnnx()
+    try:
+        exe = find_pnnx()
+    except PnnxMissing as exc:
+        raise PnnxMissing(f"{path}: {exc}") from None
     timeout = float(options.get("pnnx_timeout", DEFAULT_TIMEOUT))
     with tempfile.TemporaryDirectory(prefix="ptqconv-pnnx-") as work:
         model = _link_model(path, work)
