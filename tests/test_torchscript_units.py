@@ -6,7 +6,7 @@ from importlib import metadata
 import pytest
 
 from ptqconv.core.config import PREPROCESS_SHAPES, load_config
-from ptqconv.core.errors import ModelFormatError, PtqconvError
+from ptqconv.core.errors import ModelFormatError, PtqconvError, UnsupportedOpsError
 from ptqconv.formats.torchscript import pnnx as pnnx_mod
 from ptqconv.formats.torchscript.archive import inspect_archive, sniff_torchscript
 from ptqconv.formats.torchscript.fixups import rewrite_global_means
@@ -144,3 +144,38 @@ def test_spatial_mean_before_flatten_becomes_global_pooling():
     assert lines[:5] == PARAM.splitlines()[:5]
     summed = PARAM.replace("mean  1 1 2 4 0=3", "mean  1 1 2 4 0=0")
     assert rewrite_global_means(summed).splitlines()[5] == summed.splitlines()[5]
+
+
+def _fake_pnnx(tmp_path, body):
+    """A stand-in pnnx executable (shell script) to drive the reader's failure paths."""
+    exe = tmp_path / "fake_pnnx"
+    exe.write_text("#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in ncnnparam=*) P=\"${a#ncnnparam=}\";;"
+                   " ncnnbin=*) B=\"${a#ncnnbin=}\";; esac; done\n" + body)
+    exe.chmod(0o755)
+    return str(exe)
+
+
+def test_pnnx_failure_names_the_model_and_quotes_pnnx(tmp_path, monkeypatch):
+    model = _torchscript_layout(tmp_path / "net.pt")
+    monkeypatch.setenv(pnnx_mod.ENV_VAR, _fake_pnnx(tmp_path, (
+        "echo 'fp16 = 0'\necho 'unknown operator aten::frobnicate'\n"
+        "echo 'frame #0: pnnx() [0x1]'\nexit 3\n")))
+    with pytest.raises(PtqconvError) as err:
+        read_torchscript([model], {})
+    assert str(err.value) == (f"{model}: pnnx failed (exit code 3) converting this TorchScript "
+                              f"model: unknown operator aten::frobnicate")
+    monkeypatch.setenv(pnnx_mod.ENV_VAR, _fake_pnnx(tmp_path, "kill -SEGV $$\n"))
+    with pytest.raises(PtqconvError, match=r"net.pt: pnnx crashed \(signal 11\)"):
+        read_torchscript([model], {})
+
+
+def test_layers_the_ncnn_reader_lacks_are_listed_for_the_model(tmp_path, monkeypatch):
+    model = _torchscript_layout(tmp_path / "net.pt")
+    monkeypatch.setenv(pnnx_mod.ENV_VAR, _fake_pnnx(tmp_path, (
+        "printf '7767517\\n3 3\\nInput in0 0 1 in0\\n"
+        "Reduction sum 1 1 in0 a 0=0 1=0 -23303=2,1,2 4=0 5=1\\nFrobnicate f 1 1 a out0\\n' > \"$P\"\n"
+        ": > \"$B\"\n")))
+    with pytest.raises(UnsupportedOpsError) as err:
+        read_torchscript([model], {})
+    assert str(err.value).startswith(f"{model} (after pnnx, ncnn layers): unsupported op(s): ")
+    assert "Frobnicate" in str(err.value)

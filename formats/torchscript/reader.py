@@ -14,7 +14,7 @@ from typing import List, Optional
 
 from ptqconv.core import log
 from ptqconv.core.config import PREPROCESS_SHAPES
-from ptqconv.core.errors import ModelFormatError, PtqconvError
+from ptqconv.core.errors import ModelFormatError, PtqconvError, UnsupportedOpsError
 from ptqconv.core.plugins import get_registry
 from ptqconv.core.records import LoadedModel
 from ptqconv.formats.torchscript.archive import inspect_archive
@@ -114,6 +114,8 @@ def read_torchscript(paths, options=None) -> LoadedModel:
             ncnn_options["input_shape"] = ";".join(named)
         try:
             loaded = get_registry().reader("ncnn").read([param, binfile], ncnn_options)
+        except UnsupportedOpsError as exc:  # name the user's file, not the temporary one
+            raise UnsupportedOpsError(f"{path} (after pnnx, ncnn layers)", exc.items) from None
         except ModelFormatError as exc:
             raise PtqconvError(f"{path}: the ncnn model pnnx wrote for it is not readable: "
                                f"{exc}") from None
