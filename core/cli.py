@@ -38,6 +38,7 @@ def convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="calibration batch size")
     p.add_argument("--save-table", help="write the quantization table (format by file ending)")
     p.add_argument("--load-table", help="use this quantization table instead of calibrating")
+    p.add_argument("--report", help="write a per-layer diagnosis report (.md or .html)")
     p.add_argument("--skip", nargs="+", help="layer names kept in float")
     p.add_argument("--weights", choices=["per-channel", "per-tensor", "mix"],
                    help="weight granularity")
@@ -58,7 +59,8 @@ def run_convert(argv) -> int:
     from ptqconv.core.convert import convert
     overrides = {"input": args.input, "output": args.output, "from": args.from_format,
                  "to": args.to, "backend": args.backend, "save_table": args.save_table,
-                 "load_table": args.load_table, "calibration.data": args.calib,
+                 "load_table": args.load_table, "report": args.report,
+                 "calibration.data": args.calib,
                  "calibration.count": args.count, "calibration.method": args.method,
                  "calibration.threads": args.threads, "calibration.batch_size": args.batch_size,
                  "quantize.skip": args.skip, "quantize.weights": args.weights}
@@ -110,7 +112,13 @@ def run_eval(argv) -> int:
     return _run_eval(argv)
 
 
-BUILTIN_COMMANDS = {"plugins": run_plugins, "eval": run_eval}
+def run_diagnose(argv) -> int:
+    """``ptqconv diagnose``: see :func:`ptqconv.core.diagnose.command.run_diagnose`."""
+    from ptqconv.core.diagnose.command import run_diagnose as _run_diagnose
+    return _run_diagnose(argv)
+
+
+BUILTIN_COMMANDS = {"plugins": run_plugins, "eval": run_eval, "diagnose": run_diagnose}
 
 
 def main(argv=None) -> int:

@@ -23,7 +23,8 @@ class Preprocess(_Strict):
     size: Optional[List[int]] = None
     mean: Optional[List[float]] = None
     norm: Optional[List[float]] = None
-    letterbox: Optional[float] = None  # pad value; keep aspect ratio and pad to ``size``
+    # pad value (one, or one per channel); keep aspect ratio and pad to ``size``
+    letterbox: Optional[Union[float, List[float]]] = None
     layout: Literal["NCHW", "NHWC"] = "NCHW"
 
     @field_validator("size")
@@ -48,6 +49,17 @@ class Calibration(_Strict):
     refine_inputs: int = Field(32, gt=0)
 
 
+class AutoMixed(_Strict):
+    """Automatic mixed precision: keep the fewest layers float so the output meets ``budget``
+    (top1: allowed drop in points; cosine: minimum output cosine; sqnr: minimum output dB),
+    measured on the last ``holdout`` fraction of the calibration inputs (not calibrated on)."""
+
+    metric: Literal["cosine", "sqnr", "top1"] = "top1"
+    budget: float
+    holdout: float = Field(0.5, gt=0, lt=1)
+    max_float: float = Field(0.2, ge=0, le=1)  # search bound, as a fraction of the int8 layers
+
+
 class Quantize(_Strict):
     """Weight quantization and which layers to keep in float."""
 
@@ -60,18 +72,20 @@ class Quantize(_Strict):
     bias_correction: bool = False
     unsigned_activations: bool = True  # where the backend runs them (onnxruntime, tengine)
     params: Dict[str, Union[float, int, str, bool]] = Field(default_factory=dict)
+    auto_mixed: Optional[AutoMixed] = None
 
 
 class Config(_Strict):
     """One conversion job."""
 
     input: List[str] = Field(default_factory=list)
-    output: Optional[str] = None
+    output: Optional[Union[str, List[str]]] = None  # a list names the companion files too
     from_format: Optional[str] = Field(None, alias="from")
     to: Optional[str] = None
     backend: Optional[str] = None
     save_table: Optional[str] = None
     load_table: Optional[str] = None
+    report: Optional[str] = None  # diagnosis report (.md or .html) of the quantized model
     calibration: Calibration = Field(default_factory=Calibration)
     preprocess: Union[Preprocess, List[Preprocess]] = Field(default_factory=Preprocess)
     quantize: Quantize = Field(default_factory=Quantize)
@@ -142,7 +156,7 @@ def _model_fields(model_cls, loc):
     return names
 
 
-_MODEL_NAMES = {"Preprocess", "Calibration", "Quantize", "Config"}
+_MODEL_NAMES = {"Preprocess", "Calibration", "Quantize", "AutoMixed", "Config"}
 
 
 def _clean_loc(loc):
@@ -226,9 +240,10 @@ def _resolve_paths(data, base):
     if "input" in data:
         data["input"] = [fix(p) for p in data["input"]] if isinstance(data["input"], list) \
             else fix(data["input"])
-    for key in ("output", "save_table", "load_table"):
+    for key in ("output", "save_table", "load_table", "report"):
         if key in data:
-            data[key] = fix(data[key])
+            data[key] = [fix(p) for p in data[key]] if isinstance(data[key], list) \
+                else fix(data[key])
     cal = data.get("calibration")
     if isinstance(cal, dict):
         if isinstance(cal.get("data"), list):

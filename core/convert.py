@@ -190,6 +190,25 @@ def calibrate_table(registry, cfg: Config, graph, backend, quant: str) -> QuantT
     return table
 
 
+def job_table(registry, cfg: Config, graph, loaded, backend, quant: str) -> QuantTable:
+    """The job's table: loaded (--load-table), carried by a quantized source model, or
+    calibrated (without the inputs ``quantize.auto_mixed`` holds aside); then ``quantize.skip``
+    and automatic mixed precision applied, and checked against ``backend``."""
+    from ptqconv.core.diagnose.jobs import mixed_precision_table, split_holdout
+    if cfg.load_table:
+        table = load_table(registry, cfg.load_table, graph)
+        log.step(f"loaded table {cfg.load_table}")
+    elif loaded.table is not None and not cfg.calibration.data:
+        table = loaded.table
+        log.step("using the quantization table that came with the source model")
+    else:
+        table = calibrate_table(registry, split_holdout(cfg)[0], graph, backend, quant)
+    for name in cfg.quantize.skip:
+        table.precision[name] = "float"
+    check_table_for_backend(table, graph, backend)
+    return mixed_precision_table(cfg, graph, table)
+
+
 def convert(config=None, **overrides) -> ConvertResult:
     """Run one job from a config (dict, YAML path or :class:`Config`) plus dotted overrides."""
     t0 = time.perf_counter()
@@ -209,17 +228,10 @@ def convert(config=None, **overrides) -> ConvertResult:
     if quant or cfg.save_table:
         backend = registry.get("backends", cfg.backend or writer.backend)
         quant = quant or "int8"
-        if cfg.load_table:
-            table = load_table(registry, cfg.load_table, graph)
-            log.step(f"loaded table {cfg.load_table}")
-        elif loaded.table is not None and not cfg.calibration.data:
-            table = loaded.table
-            log.step("using the quantization table that came with the source model")
-        else:
-            table = calibrate_table(registry, cfg, graph, backend, quant)
-        for name in cfg.quantize.skip:
-            table.precision[name] = "float"
-        check_table_for_backend(table, graph, backend)
+        table = job_table(registry, cfg, graph, loaded, backend, quant)
+        if cfg.report:
+            from ptqconv.core.diagnose.jobs import diagnose_and_report, report_sources
+            diagnose_and_report(cfg, graph, table, report_sources(cfg), cfg.report)
         if cfg.save_table:
             save_table(registry, table, graph, cfg.save_table)
     if not (quant and writer.quantized):
