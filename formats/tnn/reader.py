@@ -299,5 +299,6 @@ def read_tnn(paths, options=None) -> LoadedModel:
                                    f"type {i.data_type}")
         inputs.append(TensorInfo(i.name, INPUT_DTYPES[i.data_type], tuple(i.dims)))
     graph = Graph(os.path.splitext(os.path.basename(proto_path))[0], inputs,
-                  [TensorInfo(o) for o in proto.outputs], ctx.nodes, ctx.constants, opset=13)
+                  [TensorInfo(o) for o in proto.outputs], ctx.nodes, ctx.constants,
+                  opset=14 if any(n.op == "HardSwish" for n in ctx.nodes) else 13)
     return LoadedModel(graph, _table(ctx, graph))
