@@ -3,10 +3,11 @@
 MNN 3.x runs a Convolution/ConvolutionDepthwise in int8 when its weights are an IDSTQuan blob and
 both its input and output tensors carry an int8 ``quantInfo`` (specs/mnn.md §5.1). The table gives
 the input scale of every int8 layer; an output scale is taken from the table when the tensor has
-one, otherwise from the consumers: a tensor feeding only an Add/Sum uses the sum's scale (the rule
-MNN and Tengine use for element-wise inputs, algorithms.md §1.3), a tensor reaching an int8 layer
-through layout-only ops uses that layer's input scale. A layer whose output scale cannot be
-found stays float.
+one, otherwise from where the tensor flows: through value-preserving ops (layout ops, max pooling,
+Concat, Relu) to a tensor with a scale, or into an Add/Sum, whose output scale it takes (the rule
+MNN and Tengine use for element-wise and concat inputs, algorithms.md §1.3). A layer with a fused
+Clip (ReLU6) and no such scale uses the clip range. A layer whose output scale cannot be found
+stays float.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from ptqconv.formats.mnn.idst import encode_dense
 from ptqconv.formats.mnn.netbuild import QuantInfo
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-PASS_THROUGH = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose")
+VALUE_PRESERVING = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose",
+                    "MaxPool", "GlobalMaxPool", "Concat", "Relu")
 SUMS = ("Add", "Sum")
 
 
@@ -71,21 +73,17 @@ def quant_info(a: ActQuant) -> QuantInfo:
 
 
 def _out_scale(graph, tensor: str, scales: Dict[str, QuantInfo], consumers, depth=0):
+    """The scale of ``tensor`` from the table or, through value-preserving consumers (layout
+    ops, max pooling, Concat, Relu) and sums, from the scale of what it flows into."""
     if tensor in scales:
         return scales[tensor]
     users = consumers.get(tensor, [])
-    if not users or tensor in graph.output_names() or depth > 8:
+    if not users or tensor in graph.output_names() or depth > 16:
         return None
-    if all(u.op in SUMS for u in users):
-        found = [_out_scale(graph, u.outputs[0], scales, consumers, depth + 1) for u in users]
-        found = [f for f in found if f is not None]
-        return max(found, key=lambda q: q.scale) if found else None
-    for u in users:
-        if u.op in PASS_THROUGH:
-            q = _out_scale(graph, u.outputs[0], scales, consumers, depth + 1)
-            if q is not None:
-                return q
-    return None
+    found = [_out_scale(graph, u.outputs[0], scales, consumers, depth + 1)
+             for u in users if u.op in SUMS or u.op in VALUE_PRESERVING]
+    found = [q for q in found if q is not None]
+    return max(found, key=lambda q: q.scale) if found else None
 
 
 def _clip_scale(node) -> Optional[QuantInfo]:

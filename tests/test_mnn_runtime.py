@@ -1,0 +1,233 @@
+"""MNN files run by MNN itself (the ``MNN`` pip package): ONNX -> mnn matches onnxruntime,
+mnn -> ONNX matches MNN, mnn-int8 runs its convolutions in int8 and stays close to fp32, golden
+files convert to ONNX that matches MNN, ncnn SqueezeNet -> mnn-int8 in one command."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import ptqconv
+from conftest import CAFFE_BGR227, TORCHVISION, imagenet_split, shared_path
+from ptqconv.core.config import Preprocess
+from ptqconv.core.data import load_image
+from ptqconv.formats.mnn import schema as S
+from ptqconv.formats.mnn.reader import read_mnn, read_net
+from test_mnn_format import op_zoo_model
+
+MNN = pytest.importorskip("MNN")
+from ptqconv.formats.mnn.runtime import MnnRunner  # noqa: E402
+
+EVAL_IMAGES = 5
+
+
+def cosine(a, b):
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+
+def ort_run(path, feed):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, feed)
+
+
+def eval_images(pre, hw, count=EVAL_IMAGES):
+    _, files = imagenet_split()
+    return [load_image(f, pre, hw)[None] for f in files[:count]]
+
+
+def int8_ops(path):
+    """{op type as MNN's session reports it: count}; int8 ops carry a '[ DT_INT8 ]' suffix."""
+    interp = MNN.Interpreter(str(path))
+    session = interp.createSession({"numThread": 1})
+    counts = {}
+
+    def after(tensors, info):
+        key = info.getType().strip()
+        counts[key] = counts.get(key, 0) + 1
+        return True
+    interp.runSessionWithCallBackInfo(session, lambda t, i: True, after)
+    return counts
+
+
+def calib_config(tmp_path, pre, count=8):
+    """A config dict calibrating on the first ``count`` sorted shared images."""
+    calib, _ = imagenet_split()
+    lst = tmp_path / "calib.txt"
+    lst.write_text("\n".join(calib[:count]) + "\n")
+    return {"calibration": {"data": str(lst), "count": count, "method": "percentile",
+                            "refine": "none"},
+            "preprocess": pre.model_dump()}
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    return str(shared_path("models", "mobilenet_v2", "mobilenet_v2.onnx"))
+
+
+@pytest.fixture(scope="module")
+def mobilenet_fp32(mobilenet, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mbv2") / "mobilenet_v2.mnn"
+    ptqconv.convert({"input": mobilenet, "output": str(out), "to": "mnn"})
+    return str(out)
+
+
+def test_onnx_to_mnn_matches_onnxruntime(mobilenet, mobilenet_fp32):
+    runner = MnnRunner(mobilenet_fp32)
+    assert runner.inputs == ["input"] and runner.outputs == ["logits"]
+    for x in eval_images(TORCHVISION, (224, 224)):
+        ref = ort_run(mobilenet, {"input": x})[0]
+        got = runner({"input": x})[0]
+        assert got.shape == ref.shape
+        assert cosine(got, ref) >= 0.9999
+        assert np.argmax(got) == np.argmax(ref)
+
+
+def test_op_zoo_in_mnn_matches_onnxruntime(tmp_path):
+    src = op_zoo_model(tmp_path / "zoo.onnx")
+    out = tmp_path / "zoo.mnn"
+    ptqconv.convert({"input": src, "output": str(out), "to": "mnn"})
+    x = np.random.default_rng(3).normal(0, 1, (1, 4, 16, 16)).astype(np.float32)
+    ref = ort_run(src, {"x": x})
+    got = MnnRunner(str(out), ["x"], ["prob", "gap"])({"x": x})
+    for r, g in zip(ref, got):
+        np.testing.assert_allclose(g.reshape(r.shape), r, rtol=1e-3, atol=1e-5)
+
+
+def _mnn_converter(src, dst):
+    """MNN's own ONNX converter (the wheel's native ``_tools`` module) in a subprocess."""
+    code = ("import sys, _tools; sys.exit(0 if _tools.mnnconvert(['mnnconvert', '-f', 'ONNX', "
+            f"'--modelFile', {str(src)!r}, '--MNNModel', {str(dst)!r}, '--bizCode', 'biz']) "
+            "else 1)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    if proc.returncode != 0 or not os.path.exists(dst):
+        pytest.skip(f"MNN's converter module is not usable here: {proc.stderr[-200:]}")
+
+
+@pytest.mark.parametrize("source", ["mnn-converter", "ptqconv"])
+def test_mnn_to_onnx_matches_mnn(tmp_path, source):
+    """Files written by MNN's converter (ConvertTensor, Shape/Rank/SliceTf subgraphs, grouped
+    convs as Slice+Concat, Interp, Padding, StridedSlice...) and by ptqconv read back into ONNX
+    that onnxruntime runs with MNN's results."""
+    src = op_zoo_model(tmp_path / "zoo.onnx")
+    mnn = tmp_path / "zoo.mnn"
+    if source == "mnn-converter":
+        _mnn_converter(src, mnn)
+    else:
+        ptqconv.convert({"input": src, "output": str(mnn), "to": "mnn"})
+    back = tmp_path / "back.onnx"
+    ptqconv.convert({"input": str(mnn), "output": str(back), "to": "onnx"})
+    x = np.random.default_rng(4).normal(0, 1, (1, 4, 16, 16)).astype(np.float32)
+    runner = MnnRunner(str(mnn))
+    assert sorted(runner.outputs) == ["gap", "prob"]
+    want = dict(zip(runner.outputs, runner({"x": x})))
+    sess = ort.InferenceSession(str(back), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": x})))
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name].reshape(value.shape), value, rtol=1e-3, atol=1e-5)
+
+
+def test_mnn_int8_runs_int8_and_stays_close(tmp_path, mobilenet, mobilenet_fp32):
+    out = tmp_path / "mbv2_int8.mnn"
+    cfg = calib_config(tmp_path, TORCHVISION)
+    result = ptqconv.convert({**cfg, "input": mobilenet, "output": str(out), "to": "mnn-int8"})
+    assert result.table is not None
+    net = read_net(str(out))
+    convs = [op for op in net.ops if op.type in ("Convolution", "ConvolutionDepthwise")]
+    quantized = [op for op in convs if op.param.has(S.CONV2D.quanParameter)]
+    assert len(quantized) == 52                      # every conv; the Gemm classifier stays float
+    for op in quantized:
+        assert not op.param.has(S.CONV2D.weight)
+        q = op.param.table(S.CONV2D.quanParameter)
+        assert q.scalar(S.IDST_QUAN.type, "i") == 1 and q.scalar(S.IDST_QUAN.aMaxOrBits, "i") == 8
+        sym = op.param.table(S.CONV2D.symmetricQuan)
+        assert sym.scalar(S.QUANT_FLOAT.clampMin, "b") == -127
+        for t in (op.inputs[0], op.outputs[0]):
+            scale, zero, lo, hi, dtype = net.quant_info[t]
+            assert scale > 0 and zero == 0 and (lo, hi) == (-127, 127) and dtype == S.DT_INT8
+    ops = int8_ops(out)
+    assert ops.get("Convolution [ DT_INT8 ]", 0) + ops.get("ConvolutionDepthwise [ DT_INT8 ]", 0) \
+        == 52, ops
+    fp32, int8 = MnnRunner(mobilenet_fp32), MnnRunner(str(out))
+    cos = [cosine(int8({"input": x})[0], fp32({"input": x})[0])
+           for x in eval_images(TORCHVISION, (224, 224))]
+    assert min(cos) >= 0.95, cos
+    assert float(np.mean(cos)) >= 0.97, cos
+
+
+GOLDEN_PRE = {  # shared/data/MANIFEST.md: the demo preprocessing of each model
+    "blazeface.mnn": (Preprocess(pixel="BGR", size=[128, 128], mean=[127.5] * 3,
+                                 norm=[1 / 127.5] * 3), 0.999),
+    "blazeface_quant.mnn": (Preprocess(pixel="BGR", size=[128, 128], mean=[127.5] * 3,
+                                       norm=[1 / 127.5] * 3), 0.99),
+    "face_det_quant.mnn": (Preprocess(pixel="BGR", size=[224, 224], mean=[123.0] * 3,
+                                      norm=[1 / 58.0] * 3), 0.99),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_PRE))
+def test_golden_to_onnx_matches_mnn(tmp_path, name):
+    """fp32 goldens: cosine >= 0.999; int8 goldens (dequantized: MNN computes in int8, ONNX in
+    float with the same weights, scales and saturation): cosine printed, >= 0.99 required."""
+    golden = str(shared_path("golden", "mnn", name))
+    pre, limit = GOLDEN_PRE[name]
+    onnx_path = tmp_path / (name + ".onnx")
+    ptqconv.convert({"input": golden, "output": str(onnx_path), "to": "onnx"})
+    loaded = read_mnn([golden])
+    assert (loaded.table is not None) == ("quant" in name)
+    runner = MnnRunner(golden)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    assert sorted(names) == sorted(runner.outputs)
+    worst = 1.0
+    for x in eval_images(pre, pre.size, 3):
+        want = dict(zip(runner.outputs, runner({runner.inputs[0]: x})))
+        got = dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: x})))
+        for out, value in want.items():
+            assert got[out].shape == value.shape
+            worst = min(worst, cosine(got[out], value))
+    print(f"{name}: worst output cosine ONNX (onnxruntime) vs MNN = {worst:.6f}")
+    assert worst >= limit
+
+
+def test_golden_int8_rewritten_with_its_own_table(tmp_path):
+    """An int8 golden re-written as mnn-int8 from the table read out of it (no calibration)."""
+    golden = str(shared_path("golden", "mnn", "face_det_quant.mnn"))
+    out = tmp_path / "face_det_rewritten.mnn"
+    ptqconv.convert({"input": golden, "output": str(out), "to": "mnn-int8"})
+    ops = int8_ops(out)
+    assert ops.get("Convolution [ DT_INT8 ]", 0) + ops.get("ConvolutionDepthwise [ DT_INT8 ]", 0) \
+        == 47, ops
+    pre = GOLDEN_PRE["face_det_quant.mnn"][0]
+    a, b = MnnRunner(golden), MnnRunner(str(out))
+    for x in eval_images(pre, pre.size, 2):
+        want = dict(zip(a.outputs, a({a.inputs[0]: x})))
+        got = dict(zip(b.outputs, b({b.inputs[0]: x})))
+        for name, value in want.items():
+            assert cosine(got[name], value) >= 0.99
+
+
+def test_ncnn_squeezenet_to_mnn_int8_in_one_command(tmp_path):
+    param = shared_path("models", "squeezenet_v1.1", "squeezenet_v1.1.param")
+    reference = shared_path("models", "squeezenet_v1.1", "squeezenet_v1.1.onnx")
+    registry = ptqconv.load_plugins()
+    if "ncnn" not in registry.formats or registry.formats["ncnn"].read is None:
+        pytest.skip("the ncnn reader is not available")
+    import yaml
+    cfg = calib_config(tmp_path, CAFFE_BGR227)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "squeezenet_int8.mnn"
+    from cli_helpers import run_cli
+    proc = run_cli("-q", "-c", tmp_path / "cfg.yaml", "--from", "ncnn", "--to", "mnn-int8",
+                   "-i", param, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    ops = int8_ops(out)
+    assert ops.get("Convolution [ DT_INT8 ]", 0) >= 25, ops
+    runner = MnnRunner(str(out))
+    for x in eval_images(CAFFE_BGR227, (227, 227), 3):
+        ref = ort_run(reference, {"data": x})[0]
+        got = runner({"data": x})[0]
+        assert cosine(got, ref) >= 0.95
