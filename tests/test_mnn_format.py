@@ -238,3 +238,55 @@ def test_unsupported_ops_are_listed_together(tmp_path):
     assert "Raster" in str(info.value) and "While" in str(info.value)
     proc = run_cli("--to", "onnx", "-i", path, "-o", tmp_path / "o.onnx", "-q")
     assert_one_line_error(proc, "Raster", "While")
+
+
+def test_int8_file_reads_back_its_quantization(tmp_path):
+    """mnn-int8 -> reader: the float weights are the dequantized codes and the table holds the
+    scales that were written (weights per output channel, activations from quantInfo)."""
+    from synthetic import write_images
+    from ptqconv.core.numeric import quantize_weights
+    src = tiny_cnn(tmp_path / "tiny.onnx")
+    write_images(tmp_path / "imgs", 6, size=16)
+    out = tmp_path / "tiny_int8.mnn"
+    result = ptqconv.convert({"input": src, "output": str(out), "to": "mnn-int8",
+                              "calibration": {"data": str(tmp_path / "imgs"), "method": "minmax",
+                                              "refine": "none"},
+                              "preprocess": {"size": [16, 16], "norm": [1 / 255] * 3}})
+    written = result.table
+    graph = result.graph
+    loaded = read_mnn([str(out)])
+    table = loaded.table
+    assert table is not None
+    convs = [n for n in loaded.graph.nodes if n.op == "Conv"]
+    int8 = [n for n in convs if table.is_quantized(n.name)]
+    assert len(int8) == 2                       # the two convolutions; the Gemm stays float
+    originals = [n for n in graph.nodes if n.op == "Conv"]
+    for node, orig in zip(int8, originals):
+        wq = table.weights[node.inputs[1]]
+        want = written.weights[orig.inputs[1]]
+        np.testing.assert_allclose(wq.scales, want.scales, rtol=1e-6)
+        codes = quantize_weights(graph.constants[orig.inputs[1]], want.scales, 0)
+        np.testing.assert_allclose(loaded.graph.constants[node.inputs[1]],
+                                   codes * want.scales.reshape(-1, 1, 1, 1), rtol=1e-6)
+        a_in = table.activations[node.inputs[0]]
+        assert a_in.scale == pytest.approx(written.activations[orig.inputs[0]].scale, rel=1e-6)
+
+
+def test_writer_lists_every_unsupported_op_and_writes_nothing(tmp_path):
+    n = helper.make_node
+    nodes = [n("Einsum", ["x", "x"], ["e"], equation="ij,ij->ij"),
+             n("TopK", ["e", "k"], ["v", "i"], axis=1),
+             n("Relu", ["v"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        initializer=[numpy_helper.from_array(np.array([3], np.int64), "k")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    src = tmp_path / "odd.onnx"
+    onnx.save(model, str(src))
+    out = tmp_path / "odd.mnn"
+    with pytest.raises(UnsupportedOpsError) as info:
+        ptqconv.convert({"input": str(src), "output": str(out), "to": "mnn"})
+    assert "Einsum" in str(info.value) and "TopK" in str(info.value)
+    assert not out.exists() and not list(tmp_path.glob(".odd.mnn*"))

@@ -54,6 +54,11 @@ class Exporter:
         self.nb = NetBuilder()
         self.alias: Dict[str, str] = {}
         self.outputs = set(graph.output_names())
+        # reserve every IR tensor name so that helper tensors never take one
+        self.nb._names.update(graph.constants)
+        self.nb._names.update(graph.input_names())
+        for n in graph.nodes:
+            self.nb._names.update(o for o in n.outputs if o)
         if quant:
             self.nb.quant.update(quant)
 
@@ -393,9 +398,18 @@ def _activation(ex: Exporter, node) -> None:
 
 @emits("PRelu")
 def _prelu(ex: Exporter, node) -> None:
-    """PReLU as max(x, 0) + slope * min(x, 0) with broadcasting BinaryOps."""
+    """Per-channel PReLU of a 4-D tensor is MNN's PReLU op (NC4HW4); any other slope shape
+    becomes max(x, 0) + slope * min(x, 0) with broadcasting BinaryOps."""
     nb = ex.nb
-    ex.const(node, 1)  # the slope must be a constant
+    slope = ex.const(node, 1).astype(np.float32)
+    shape = ex.shape(node.inputs[0])
+    if shape is not None and len(shape) == 4 and slope.size in (1, shape[1]) and \
+            (slope.ndim <= 1 or all(d == 1 for d in slope.shape[1:])):
+        values = np.broadcast_to(slope.reshape(-1), (shape[1],)).astype("<f4")
+        ex.nb.add("PReLU", [ex.value(node.inputs[0], NC4HW4)], [ex.out(node.outputs[0], NC4HW4)],
+                  "PRelu", T({S.PRELU.slopeCount: i32(values.size), S.PRELU.slope: values}),
+                  layout=NC4HW4)
+        return
     x = ex.value(node.inputs[0], NCHW)
     zero = nb.new_const(node.outputs[0] + "_zero", np.array(0.0, np.float32))
     s = ex.value(node.inputs[1], NCHW)

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict
 
-import flatbuffers
 import numpy as np
+
+from ptqconv.core.errors import PtqconvError
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ _PREPEND = {"b": "PrependInt8Slot", "B": "PrependUint8Slot", "?": "PrependBoolSl
             "I": "PrependUint32Slot", "q": "PrependInt64Slot", "f": "PrependFloat32Slot"}
 
 
-def _build(b: flatbuffers.Builder, value):
+def _build(b, value):
     """Build a non-scalar value and return its offset."""
     if isinstance(value, T):
         return _build_table(b, value)
@@ -87,7 +88,7 @@ def _build(b: flatbuffers.Builder, value):
     raise TypeError(f"cannot serialize {type(value).__name__}")
 
 
-def _build_table(b: flatbuffers.Builder, table: T):
+def _build_table(b, table: T):
     children = {slot: _build(b, v) for slot, v in sorted(table.fields.items())
                 if not isinstance(v, Scalar)}
     nslots = max(table.fields) + 1 if table.fields else 0
@@ -103,6 +104,11 @@ def _build_table(b: flatbuffers.Builder, table: T):
 
 def serialize(root: T, size_hint: int = 1 << 16) -> bytes:
     """Return the FlatBuffers buffer whose root table is ``root``."""
+    try:
+        import flatbuffers
+    except ImportError:
+        raise PtqconvError("writing .mnn files needs the flatbuffers package "
+                           "(pip install 'ptqconv[mnn]')") from None
     b = flatbuffers.Builder(size_hint)
     b.ForceDefaults(True)
     b.Finish(_build_table(b, root))

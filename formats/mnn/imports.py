@@ -179,6 +179,11 @@ class Importer:
             if scale > 0 and name in known and name not in self.table.activations:
                 bits = 8 if hi - lo <= 255 else 16
                 self.table.activations[name] = ActQuant(float(scale), int(round(zero)), bits, True)
+        # Identity nodes (ConvertTensor, Dropout) disappear in canonicalization: their input
+        # must carry the scale its output had.
+        for n in reversed(graph.nodes):
+            if n.op == "Identity" and n.outputs[0] in self.table.activations:
+                self.table.activations.setdefault(n.inputs[0], self.table.activations[n.outputs[0]])
 
 
 def _unique(names: List[str]) -> List[str]:

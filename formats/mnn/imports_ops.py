@@ -59,7 +59,8 @@ def _prelu(im: Importer, op: MnnOp) -> None:
     if slope is None or slope.size == 0:
         im.net.fail(op, "PReLU without slopes")
     x = im.nchw(x)
-    shape = (-1, 1, 1) if im.rank.get(x) == 4 and slope.size > 1 else (-1,)
+    rank = im.rank.get(x) or 4   # MNN's PReLU is a per-channel (axis 1) op
+    shape = (-1,) + (1,) * (rank - 2) if slope.size > 1 and rank >= 2 else (-1,)
     im.node("PRelu", [x, im.const(op.name + "_slope", np.asarray(slope, np.float32)
                                   .reshape(shape))], [out], name=op.name)
     im.follow(out, x)

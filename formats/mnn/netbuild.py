@@ -77,7 +77,7 @@ class NetBuilder:
         return self.index[name]
 
     def fresh(self, base: str) -> str:
-        """A tensor name not used yet, derived from ``base``."""
+        """A tensor name not used (or reserved) yet, derived from ``base``."""
         name, k = base, 1
         while name in self.index or name in self._names:
             name, k = f"{base}_{k}", k + 1
