@@ -24,6 +24,7 @@ class QuantSpec:
     signed: bool = True
     symmetric: bool = True
     clamp: int = 0  # MNN feature_clamp_value style: largest code (0 = 2**(bits-1)-1)
+    allow_asymmetric: bool = False  # the backend also runs signed codes with a zero point
 
     @property
     def qmax(self) -> int:

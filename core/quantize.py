@@ -80,7 +80,9 @@ def activation_spec(quant: str, bits: int, backend=None) -> QuantSpec:
     """The activation integer type for a writer's quant type ("int8" or "uint8")."""
     if quant == "uint8":
         return QuantSpec(bits=bits, signed=False, symmetric=False)
-    return QuantSpec(bits=bits, signed=True, symmetric=True)
+    asym = backend is not None and bool(backend.ops) and \
+        all("asymmetric" in c.activations for c in backend.ops.values())
+    return QuantSpec(bits=bits, signed=True, symmetric=True, allow_asymmetric=asym)
 
 
 def non_negative(graph: Graph, tensor: str) -> bool:

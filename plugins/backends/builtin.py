@@ -5,7 +5,8 @@ quantization core asks the profile which ops to quantize and with which granular
 a table the profile cannot run.
 """
 from ptqconv.core.hookspecs import hookimpl
-from ptqconv.core.records import Backend, OpCaps
+from ptqconv.core.records import Backend, OpCaps, TableFormat
+from ptqconv.plugins.backends.tensorrt_cache import read_trt_cache, write_trt_cache
 
 CONV_FC = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 PER_CHANNEL_OR_TENSOR = ("per-channel", "per-tensor")
@@ -42,3 +43,9 @@ def register_backends(register):
                       ops=("Conv", "Gemm", "MatMul"), outputs=True))
     register(_profile("tensorrt", "TensorRT int8: per-tensor symmetric activations, per-channel "
                       "weights", weights=("per-channel",)))
+
+
+@hookimpl
+def register_table_formats(register):
+    register(TableFormat("tensorrt-cache", (".cache",), read_trt_cache, write_trt_cache,
+                         "TensorRT calibration cache: symmetric int8 activation steps as hex"))

@@ -1,55 +1,153 @@
-"""KL-divergence (entropy) threshold search, ncnn/TensorRT variant (specs/algorithms.md §2.2)."""
+"""KL-divergence (entropy) threshold search in the seed tools' variants (specs/algorithms.md §2.2).
+
+All variants share the loop: for each candidate bin count ``i`` (``target <= i < B``) the first
+``i`` bins, with the tail mass added to the last one, form ``P``; the *unclipped* first ``i`` bins
+merged into ``target`` bins and expanded back form ``Q``; the first ``i`` with the smallest
+``KL(P || Q)`` wins and ``T = (i + 0.5) * absmax / B``. The variants differ in seeding,
+normalization, the expansion rule and the handling of zeros:
+
+* ``ncnn``: normalize (stored as float32), average expansion, 1e-4 added to every bin of P and Q.
+* ``mnn`` (MNN and TNN): 1e-7 in every raw bin, normalize, non-zero expansion, +1 where Q is 0.
+* ``tengine``: bin 0 dropped, normalize by bins 1..B-1, non-zero expansion, +1 where Q is 0;
+  its histogram bins are centred on multiples of ``absmax/(B-1)`` (:func:`tengine_histogram`).
+* ``mindspore``: 1e-7 in every raw bin, bins holding only the seed count as empty in the
+  expansion, P and Q each renormalized inside the KL, +1 where Q is 0.
+
+The merge/expand step is vectorized with cumulative sums (linear inside a bin equals the seed
+tools' fractional edge weights), so one tensor costs about 0.2 s for ``B = 2048``.
+"""
 from __future__ import annotations
 
 import numpy as np
 
+from ptqconv.plugins.calibrators.histogram import histogram_on_edges
+
 NCNN_EPS = 1e-4
+SEED = 1e-7
+SEED_EMPTY = 1e-6  # MindSpore: a bin at or below this holds only the seed and counts as empty
+VARIANTS = ("ncnn", "mnn", "tengine", "mindspore")
 
 
-def _quantize_expand(hist: np.ndarray, i: int, target: int) -> np.ndarray:
-    """Merge the first ``i`` bins of ``hist`` into ``target`` bins (fractional edges) and expand
-    back to ``i`` bins, each source bin receiving its target bin's average density (ncnn rule)."""
+def _interval_sums(values: np.ndarray, i: int, target: int) -> np.ndarray:
+    """Sum of ``values[:i]`` over each of ``target`` equal intervals of width ``i/target``,
+    partial edge bins weighted by their overlap."""
+    cum = np.concatenate([[0.0], np.cumsum(values[:i], dtype=np.float64)])
+    cum_at = np.interp(np.arange(target + 1) * (i / target), np.arange(i + 1), cum)
+    return np.diff(cum_at)
+
+
+def merge_expand(hist: np.ndarray, i: int, target: int, nonzero=None) -> np.ndarray:
+    """Quantize the first ``i`` bins of ``hist`` to ``target`` bins and expand back to ``i``.
+
+    Each source bin receives its target bin's mass divided by the (overlap-weighted) number of
+    source bins sharing it: all bins (``nonzero`` None, ncnn) or only the bins where ``nonzero``
+    is true (TensorRT rule; the others get 0). A source bin on a boundary gets its share of both
+    target bins.
+    """
     w = i / target
-    cum = np.concatenate([[0.0], np.cumsum(hist[:i], dtype=np.float64)])
-    edges = np.arange(target + 1) * w
-    cum_at = np.interp(edges, np.arange(i + 1), cum)
-    density = np.diff(cum_at) / w                   # mass per unit source width, per target bin
-    # overlap of source bin k=[k,k+1) with target bins: at most two because w >= 1
+    mass = _interval_sums(hist, i, target)
+    if nonzero is None:
+        density = mass / w
+    else:
+        count = _interval_sums(nonzero.astype(np.float64), i, target)
+        density = np.divide(mass, count, out=np.zeros_like(mass), where=count > 0)
     k = np.arange(i)
     j0 = np.minimum((k / w).astype(np.int64), target - 1)
-    boundary = (j0 + 1) * w
-    first = np.clip(np.minimum(boundary, k + 1) - k, 0.0, 1.0)
+    first = np.clip(np.minimum((j0 + 1) * w, k + 1) - k, 0.0, 1.0)  # share of bin k inside j0
     j1 = np.minimum(j0 + 1, target - 1)
-    return density[j0] * first + np.where(j1 != j0, density[j1] * (1.0 - first), 0.0)
+    q = density[j0] * first + np.where(j1 != j0, density[j1] * (1.0 - first), 0.0)
+    if nonzero is not None:
+        q = np.where(nonzero[:i], q, 0.0)
+    return q
 
 
-def kl_best_bin(hist, target_bins: int = 128) -> tuple:
-    """Return (best i, its KL) for the ncnn variant on a histogram of ``|x|`` (ncnn normalizes by
-    the total and adds 1e-4 to every bin of P and Q; no renormalization)."""
+def _kl_skip_zero(p: np.ndarray, q: np.ndarray) -> float:
+    """KL with the seed tools' zero handling: terms with P = 0 skipped, 1 added where Q = 0."""
+    pos = p != 0
+    qz = pos & (q == 0)
+    ok = pos & ~qz
+    return float(np.sum(p[ok] * np.log(p[ok] / q[ok])) + np.count_nonzero(qz))
+
+
+def _prepare(hist: np.ndarray, variant: str):
+    """Return (distribution used by the loop, nonzero mask or None)."""
     hist = np.asarray(hist, dtype=np.float64)
-    total = hist.sum()
-    if total <= 0:
-        return target_bins, float("nan")
-    norm = (hist / total).astype(np.float32).astype(np.float64)
-    tail = np.concatenate([np.cumsum(norm[::-1])[::-1], [0.0]])  # tail[i] = sum(norm[i:])
-    best_i, best_kl = target_bins, np.inf
-    for i in range(target_bins, hist.size):
-        p = norm[:i].copy()
+    if variant == "ncnn":
+        return (hist / hist.sum()).astype(np.float32).astype(np.float64), None
+    if variant == "mnn":
+        seeded = hist + SEED
+        norm = seeded / seeded.sum()
+        return norm, norm != 0
+    if variant == "tengine":
+        h = hist.copy()
+        h[0] = 0.0
+        norm = h / h[1:].sum()
+        return norm, norm != 0
+    if variant == "mindspore":
+        return hist + SEED, hist + SEED > SEED_EMPTY
+    raise ValueError(f"unknown KL variant '{variant}' (known: {', '.join(VARIANTS)})")
+
+
+def kl_divergences(hist, target_bins: int = 128, variant: str = "ncnn") -> np.ndarray:
+    """KL divergence of every candidate ``i = target_bins .. len(hist)-1`` (index ``i -
+    target_bins``) for ``variant``. ``hist`` counts ``|x|`` per bin (exact zeros excluded)."""
+    dist, nonzero = _prepare(hist, variant)
+    tail = np.concatenate([np.cumsum(dist[::-1])[::-1], [0.0]])  # tail[i] = sum(dist[i:])
+    out = np.empty(dist.size - target_bins)
+    for i in range(target_bins, dist.size):
+        p = dist[:i].copy()
         p[i - 1] += tail[i]
-        q = _quantize_expand(norm, i, target_bins)
-        p += NCNN_EPS
-        q += NCNN_EPS
-        kl = float(np.sum(p * np.log(p / q)))
-        if kl < best_kl:
-            best_i, best_kl = i, kl
-    return best_i, best_kl
+        q = merge_expand(dist, i, target_bins, nonzero)
+        if variant == "ncnn":
+            p += NCNN_EPS
+            q += NCNN_EPS
+            out[i - target_bins] = np.sum(p * np.log(p / q))
+        else:
+            if variant == "mindspore":
+                p /= p.sum()
+                qs = q.sum()
+                q = q / qs if qs > 0 else q
+            out[i - target_bins] = _kl_skip_zero(p, q)
+    return out
 
 
-def kl_threshold(stats, bins: int = 2048, target_bins: int = 128) -> float:
-    """Return the KL threshold ``T = (i + 0.5) * absmax / bins`` for streamed ``stats``."""
+def kl_best_bin(hist, target_bins: int = 128, variant: str = "ncnn") -> tuple:
+    """Return (best i, its KL): the first candidate with the strictly smallest divergence.
+
+    An empty histogram gives (target_bins, nan), as the seed tools' loop does."""
+    hist = np.asarray(hist, dtype=np.float64)
+    if hist.sum() <= 0 or hist.size <= target_bins:
+        return target_bins, float("nan")
+    kl = kl_divergences(hist, target_bins, variant)
+    if not np.isfinite(kl).any():
+        return target_bins, float("nan")
+    best = int(np.nanargmin(kl))  # first occurrence of the minimum: ties keep the smaller i
+    return target_bins + best, float(kl[best])
+
+
+def tengine_histogram(stats, bins: int = 2048) -> np.ndarray:
+    """Tengine's binning: bin ``k`` holds ``|x|`` rounding to ``k * absmax/(bins-1)``."""
+    d = stats.absmax / (bins - 1)
+    edges = np.concatenate([[0.0], (np.arange(1, bins) - 0.5) * d, [stats.absmax]])
+    return histogram_on_edges(stats, edges)
+
+
+def kl_threshold(stats, bins: int = 2048, target_bins: int = 128, variant: str = "ncnn") -> float:
+    """Return the KL threshold ``T = (i + 0.5) * absmax / bins`` for streamed ``stats``
+    (0 when the tensor held no non-zero value)."""
     absmax = stats.absmax
     if absmax <= 0 or stats.hist is None or stats.hist.sum() <= 0:
         return 0.0
-    hist = stats.resampled(bins, absmax)
-    i, _ = kl_best_bin(hist, target_bins)
+    if variant == "tengine":
+        hist = tengine_histogram(stats, bins)
+    else:
+        hist = stats.resampled(bins, absmax)
+    i, kl = kl_best_bin(hist, target_bins, variant)
+    if not np.isfinite(kl):
+        return 0.0
+    if i <= int(np.flatnonzero(hist)[0]):
+        # Degenerate histogram (e.g. a constant tensor: all mass in the last bin makes every
+        # candidate's KL equal and the loop keeps the first). A threshold below every value
+        # clips them all; ptqconv uses the absmax instead.
+        return absmax
     return (i + 0.5) * absmax / bins

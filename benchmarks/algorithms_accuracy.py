@@ -1,0 +1,181 @@
+"""Accuracy, calibration time and peak memory of every calibration and weight method.
+
+Models: MobileNetV2 (ONNX, torchvision preprocessing) and SqueezeNet v1.1 (ONNX, caffe-bgr227
+preprocessing) from ../shared/data. The first 100 sorted shared images calibrate, the other 400
+evaluate. Each configuration is converted with the ``onnx-int8`` writer (QDQ) in a fresh
+subprocess (so its peak RSS is its own) and evaluated with onnxruntime.
+
+Command (from the project root; about an hour on 2 cores):
+
+    python benchmarks/algorithms_accuracy.py --threads 2 --out benchmarks/results/algorithms.md
+
+``--only kl,mse`` keeps the rows whose label contains one of the words, ``--models mobilenet_v2``
+one model, ``--eval-count 100`` a quicker (less precise) evaluation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import CAFFE_BGR227, SHARED, TORCHVISION, imagenet_labels, imagenet_split  # noqa: E402
+
+MODELS = {
+    "mobilenet_v2": (SHARED / "models" / "mobilenet_v2" / "mobilenet_v2.onnx", TORCHVISION),
+    "squeezenet_v1.1": (SHARED / "models" / "squeezenet_v1.1" / "squeezenet_v1.1.onnx",
+                        CAFFE_BGR227),
+}
+METHODS = ("minmax", "kl", "kl-mnn", "kl-tengine", "kl-mindspore", "aciq", "admm", "ema",
+           "percentile", "mse", "eq")
+EQ_PARAMS = {"eq_inputs": 16}  # ncnn uses 50; 16 keeps the benchmark's EQ run to minutes
+
+
+def configurations():
+    """(label, dotted config overrides) of every benchmarked configuration."""
+    rows = []
+    for m in METHODS:
+        params = EQ_PARAMS if m == "eq" else {}
+        rows.append((f"{m}", {"calibration.method": m, "calibration.params": params,
+                              "calibration.refine": "none"}))
+        rows.append((f"{m} + cosine check", {"calibration.method": m,
+                                             "calibration.params": params}))
+    for m in ("minmax", "kl", "percentile", "mse"):
+        rows.append((f"{m} + bias corr.", {"calibration.method": m, "calibration.refine": "none",
+                                           "quantize.bias_correction": True}))
+        rows.append((f"{m} + cosine check + bias corr.", {"calibration.method": m,
+                                                          "quantize.bias_correction": True}))
+    for gran in ("per-tensor", "mix"):
+        rows.append((f"kl + cosine check, {gran} weights", {"quantize.weights": gran}))
+        rows.append((f"kl + cosine check, {gran} weights + bias corr.",
+                     {"quantize.weights": gran, "quantize.bias_correction": True}))
+    rows.append(("kl + cosine check, per-tensor weights + CLE + bias corr.",
+                 {"quantize.weights": "per-tensor", "quantize.equalize": True,
+                  "quantize.bias_correction": True}))
+    rows.append(("kl + cosine check, per-channel + CLE", {"quantize.equalize": True}))
+    rows.append(("kl + cosine check, admm weights", {"quantize.weight_method": "admm"}))
+    for m in ("kl", "mse"):
+        rows.append((f"{m} + cosine check, 4-bit weights (w4a8)",
+                     {"calibration.method": m, "quantize.weight_bits": 4}))
+        rows.append((f"{m} + cosine check, 4-bit weights (w4a8) + bias corr.",
+                     {"calibration.method": m, "quantize.weight_bits": 4,
+                      "quantize.bias_correction": True}))
+    rows.append(("kl + cosine check, 4-bit admm weights (w4a8) + bias corr.",
+                 {"quantize.weight_bits": 4, "quantize.weight_method": "admm",
+                  "quantize.bias_correction": True}))
+    return rows
+
+
+def child(args) -> int:
+    """Convert one configuration (run in a subprocess); print time and peak RSS as JSON."""
+    import ptqconv
+    spec = json.loads(args.child)
+    t0 = time.perf_counter()
+    ptqconv.convert(spec["config"], **spec["overrides"])
+    elapsed = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print("RESULT " + json.dumps({"seconds": elapsed, "peak_mb": peak_mb}))
+    return 0
+
+
+def base_config(model_path, pre, calib_list, output, threads):
+    """The job shared by every configuration of one model."""
+    return {"input": str(model_path), "output": output, "to": "onnx-int8",
+            "calibration": {"data": calib_list, "threads": threads, "batch_size": 1},
+            "preprocess": pre.model_dump(exclude_none=True)}
+
+
+def evaluate(model_path, images, labels, threads) -> float:
+    """Top-1 accuracy of an ONNX model on preprocessed ``images``."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    hits = 0
+    for x, y in zip(images, labels):
+        out = sess.run(None, {name: x[None]})[0]
+        hits += int(np.argmax(out.reshape(-1)) == y)
+    return hits / len(labels)
+
+
+def eval_set(pre, files):
+    """Preprocess the evaluation images once: (array N x C x H x W, labels)."""
+    from ptqconv.core.data import load_image
+    labels = imagenet_labels()
+    xs = np.stack([load_image(f, pre, pre.size) for f in files])
+    return xs, [labels[os.path.basename(f)] for f in files]
+
+
+def run(args) -> int:
+    calib, evaluation = imagenet_split()
+    evaluation = evaluation[:args.eval_count]
+    words = [w.strip() for w in args.only.split(",")] if args.only else []
+    rows = [r for r in configurations() if not words or any(w in r[0] for w in words)]
+    lines = [f"| model | configuration | top-1 (%) | drop vs fp32 (points) | convert time (s) | "
+             f"peak RSS (MB) |", "|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        calib_list = os.path.join(tmp, "calib.txt")
+        Path(calib_list).write_text("\n".join(calib[:args.calib_count]) + "\n")
+        for model in args.models:
+            path, pre = MODELS[model]
+            images, labels = eval_set(pre, evaluation)
+            fp32 = evaluate(path, images, labels, args.threads)
+            lines.append(f"| {model} | fp32 | {100 * fp32:.2f} | - | - | - |")
+            print(lines[-1], flush=True)
+            for label, overrides in rows:
+                out = os.path.join(tmp, "model_int8.onnx")
+                spec = {"config": base_config(path, pre, calib_list, out, args.threads),
+                        "overrides": dict(overrides)}
+                proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
+                                      capture_output=True, text=True)
+                result = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+                if proc.returncode != 0 or not result:
+                    err = (proc.stderr.strip().splitlines() or ["?"])[-1]
+                    lines.append(f"| {model} | {label} | failed: {err} | | | |")
+                else:
+                    r = json.loads(result[0][7:])
+                    top1 = evaluate(out, images, labels, args.threads)
+                    lines.append(f"| {model} | {label} | {100 * top1:.2f} | "
+                                 f"{100 * (fp32 - top1):+.2f} | {r['seconds']:.1f} | "
+                                 f"{r['peak_mb']:.0f} |")
+                print(lines[-1], flush=True)
+    header = (f"Calibration: first {args.calib_count} sorted images of "
+              f"images/imagenet-sample; evaluation: the next {len(evaluation)}. Writer onnx-int8 "
+              f"(QDQ), onnxruntime, {args.threads} thread(s). 'cosine check' = "
+              f"calibration.refine: cosine (ptqconv's default); rows without it use refine: "
+              f"none. Weights per-channel minmax 8-bit unless stated. EQ params: {EQ_PARAMS}.\n")
+    text = header + "\n" + "\n".join(lines) + "\n"
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--only", help="comma-separated words; keep configurations containing one")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--calib-count", type=int, default=100)
+    p.add_argument("--eval-count", type=int, default=400)
+    p.add_argument("--out", help="write the markdown table here")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    return child(args) if args.child else run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
