@@ -231,7 +231,8 @@ def convert(config=None, **overrides) -> ConvertResult:
         table = job_table(registry, cfg, graph, loaded, backend, quant)
         if cfg.report:
             from ptqconv.core.diagnose.jobs import diagnose_and_report, report_sources
-            diagnose_and_report(cfg, graph, table, report_sources(cfg), cfg.report)
+            diagnose_and_report(cfg, graph, table, report_sources(cfg), cfg.report,
+                                show=not log.QUIET)
         if cfg.save_table:
             save_table(registry, table, graph, cfg.save_table)
     if not (quant and writer.quantized):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ptqconv.core import log
+from ptqconv.core.atomic import check_not_input
 from ptqconv.core.config import load_config
 from ptqconv.core.data import list_samples
 from ptqconv.core.diagnose.jobs import REPORT_INPUTS, calibration_sources, diagnose_and_report
@@ -73,6 +74,7 @@ def run_diagnose(argv) -> int:
         "calibration.data": args.calib, "calibration.method": args.method,
         "calibration.threads": args.threads, "quantize.weights": args.weights,
         "load_table": args.load_table})
+    check_not_input([args.report], cfg.input)
     registry = get_registry()
     quant = "int8"
     backend = cfg.backend

@@ -23,11 +23,11 @@ def weight_reasons(w: Optional[WeightRange]) -> List[str]:
     if w.per_tensor and w.starved:
         return [f"per-tensor {kind}weights with channel ranges {w.spread:.1f}x apart: "
                 f"{len(w.starved)} of {w.channels} channels get fewer than {STARVED} of 127 codes "
-                f"(weight SQNR {db(w.sqnr_table)}; per-channel steps would give "
-                f"{db(w.sqnr_per_channel)})"]
+                f"(median channel weight SQNR {db(w.sqnr_table)}; per-channel steps would "
+                f"give {db(w.sqnr_per_channel)})"]
     if w.sqnr_per_channel - w.sqnr_table > 6.0:
-        return [f"{kind}weight SQNR {db(w.sqnr_table)} where per-channel steps give "
-                f"{db(w.sqnr_per_channel)}"]
+        return [f"{kind}median channel weight SQNR {db(w.sqnr_table)} where per-channel "
+                f"steps give {db(w.sqnr_per_channel)}"]
     return []
 
 

@@ -98,9 +98,9 @@ def report_sources(cfg) -> List[List[str]]:
 
 
 def diagnose_and_report(cfg, graph, table, sources, path: str, sensitivity: bool = True,
-                        rows: int = 10, labels_file: Optional[str] = None):
-    """Diagnose ``table`` on ``sources``, print the worst layers, write the report to ``path``;
-    returns the :class:`Diagnosis`."""
+                        rows: int = 10, labels_file: Optional[str] = None, show: bool = True):
+    """Diagnose ``table`` on ``sources``, print the worst ``rows`` layers (if ``show``), write
+    the report to ``path``; returns the :class:`Diagnosis`."""
     from ptqconv.core.diagnose.analysis import diagnose
     from ptqconv.core.diagnose.automix import MixedResult
     from ptqconv.core.diagnose.report import terminal_table, write_report
@@ -113,7 +113,7 @@ def diagnose_and_report(cfg, graph, table, sources, path: str, sensitivity: bool
     if "auto_mixed" in table.meta:
         diag.mixed = MixedResult.from_meta(table.meta["auto_mixed"])
     written = write_report(diag, path)
-    if not log.QUIET:
+    if show:
         print(terminal_table(diag, rows))
     log.step(f"wrote report {written[0]}" + (f" (+{len(written) - 1} image(s))"
                                              if len(written) > 1 else ""))

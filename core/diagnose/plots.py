@@ -31,9 +31,25 @@ def _pyplot():
     return plt
 
 
+def _grid(plt, count):
+    cols = min(3, max(1, count))
+    rows = max(1, int(math.ceil(count / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax in axes.ravel()[count:]:
+        ax.set_visible(False)
+    return fig, axes.ravel()
+
+
+def _log_axis(ax):
+    from matplotlib.ticker import LogLocator, NullLocator
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(numticks=5))
+    ax.yaxis.set_minor_locator(NullLocator())  # minor log ticks are slow and add nothing here
+
+
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=90)
     _pyplot().close(fig)
     return buf.getvalue()
 
@@ -48,7 +64,7 @@ def sqnr_chart(diag) -> bytes:
     plt = _pyplot()
     layers = diag.layers
     x = np.arange(len(layers))
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.22 * len(layers) + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.22 * len(layers) + 2), 4.2), layout="tight")
     colors = ["tab:orange" if r.depthwise else "tab:blue" for r in layers]
     ax.bar(x, [_finite(r.accumulated["sqnr"]) for r in layers], color=colors, width=0.8,
            label="accumulated (int8 model), orange = depthwise")
@@ -69,10 +85,8 @@ def sqnr_chart(diag) -> bytes:
 def activation_histograms(diag, layers) -> bytes:
     """|x| histograms of the input activations of ``layers`` with the chosen threshold marked."""
     plt = _pyplot()
-    cols = min(3, len(layers))
-    rows = int(math.ceil(len(layers) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
-    for ax, r in zip(axes.ravel(), layers):
+    fig, axes = _grid(plt, len(layers))
+    for ax, r in zip(axes, layers):
         s = diag.stats.get(r.activation)
         if s is None or s.hist is None or s.bin_width == 0:
             ax.set_visible(False)
@@ -80,15 +94,13 @@ def activation_histograms(diag, layers) -> bytes:
         upper = max(s.absmax, r.threshold) * 1.05
         counts = s.resampled(HIST_BINS, upper)
         edges = np.linspace(0, upper, HIST_BINS + 1)
-        ax.bar(edges[:-1], counts, width=upper / HIST_BINS, align="edge", color="tab:blue")
+        ax.stairs(np.maximum(counts, 0.5), edges, fill=True, color="tab:blue", baseline=0.5)
         ax.axvline(r.threshold, color="red", linewidth=1.2, label=f"threshold {r.threshold:.3g}")
-        ax.set_yscale("log")
+        _log_axis(ax)
         ax.set_title(f"{r.name} input ({r.activation})", fontsize=8)
         ax.set_xlabel(f"|x|  (clipped {100 * r.clipped:.3f}%)", fontsize=7)
         ax.legend(fontsize=7)
-    for ax in axes.ravel()[len(layers):]:
-        ax.set_visible(False)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.93, bottom=0.1, hspace=0.5, wspace=0.25)
     return _png(fig)
 
 
@@ -97,22 +109,20 @@ def weight_range_chart(diag, layers) -> bytes:
     channel gets fewer than 16 codes from one per-tensor step."""
     plt = _pyplot()
     layers = [r for r in layers if r.weights is not None]
-    cols = min(3, max(1, len(layers)))
-    rows = max(1, int(math.ceil(len(layers) / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
-    for ax, r in zip(axes.ravel(), layers):
+    fig, axes = _grid(plt, len(layers))
+    for ax, r in zip(axes, layers):
         w = r.weights
-        ax.bar(np.arange(w.channels), np.sort(w.absmax)[::-1], width=1.0, color="tab:green")
-        ax.axhline(w.absmax.max() * STARVED / 127, color="red", linewidth=1,
+        starved = float(w.absmax.max()) * STARVED / 127
+        ax.stairs(np.sort(w.absmax)[::-1], np.arange(w.channels + 1), fill=True,
+                  color="tab:green", baseline=max(min(float(w.absmax.min()), starved), 1e-12) / 2)
+        ax.axhline(starved, color="red", linewidth=1,
                    label=f"< {STARVED} codes per-tensor")
-        ax.set_yscale("log")
+        _log_axis(ax)
         ax.set_title(f"{r.name}{' (depthwise)' if w.depthwise else ''}: spread {w.spread:.1f}x",
                      fontsize=8)
         ax.set_xlabel("output channels (sorted by range)", fontsize=7)
         ax.legend(fontsize=7)
-    for ax in axes.ravel()[len(layers):]:
-        ax.set_visible(False)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.93, bottom=0.1, hspace=0.5, wspace=0.25)
     return _png(fig)
 
 

@@ -49,7 +49,7 @@ def _weights_cells(r):
 LAYER_HEADERS = ["rank", "layer", "kind", "output SQNR alone (dB)", "share of output noise",
                  "own SQNR (dB)", "accumulated SQNR (dB)", "accumulated cosine", "max abs error",
                  "overflow %", "clipped %", "weight spread", "starved channels",
-                 "weight SQNR table / per-channel (dB)"]
+                 "channel weight SQNR table / per-channel (dB)"]
 
 
 def layer_rows(diag, layers) -> List[list]:
@@ -133,7 +133,7 @@ def _weights_block(diag):
                   "(far) or when one per-tensor step would leave them fewer than 16 of 127 codes "
                   "(starved): the usual reason per-tensor weights fail."),
             ("table", ["layer", "kind", "channels", "spread (max/median)", "far", "starved",
-                       "table", "weight SQNR (dB)", "per-channel SQNR (dB)"], rows)]
+                       "table", "channel weight SQNR (dB)", "per-channel steps (dB)"], rows)]
 
 
 NOTES = ["own: the layer quantized alone on its fp32 input, compared at its output; accumulated: "
@@ -142,6 +142,8 @@ NOTES = ["own: the layer quantized alone on its fp32 input, compared at its outp
          "its output noise energy over the all-int8 model's.",
          "overflow: fraction of input values whose code saturates (MNN's 'overflow ratio'); "
          "clipped: fraction beyond the threshold by more than half a step.",
+         "channel weight SQNR: median over output channels of each channel's weight SQNR, with "
+         "the table's steps and with per-channel absmax steps.",
          "SQNR = 10 log10(sum x^2 / sum (x - x_q)^2) over all inputs; cosine is averaged per "
          "input; below about 20 dB a layer is suspect."]
 

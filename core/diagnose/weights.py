@@ -12,7 +12,7 @@ from typing import Dict, List
 import numpy as np
 
 from ptqconv.core.corrections import fake_quant_weight
-from ptqconv.core.diagnose.metrics import sqnr_db
+from ptqconv.core.diagnose.metrics import sqnr_from_sums
 from ptqconv.core.qtable import WeightQuant
 from ptqconv.core.quantize import weight_axis
 
@@ -28,8 +28,8 @@ class WeightRange:
     absmax: np.ndarray          # per output channel
     far: List[int]              # channels whose range is FAR x above or below the median
     starved: List[int]          # channels with < STARVED codes under one per-tensor step
-    sqnr_table: float           # weight SQNR (dB) with the table's steps
-    sqnr_per_channel: float     # weight SQNR with per-channel absmax steps
+    sqnr_table: float           # median over channels of the weight SQNR (dB), table's steps
+    sqnr_per_channel: float     # the same with per-channel absmax steps
     per_tensor: bool            # the table quantizes this weight per tensor
     depthwise: bool
 
@@ -54,6 +54,15 @@ def channel_absmax(w: np.ndarray, axis: int) -> np.ndarray:
     return np.abs(np.moveaxis(np.asarray(w, np.float64), axis, 0)).reshape(w.shape[axis], -1).max(1)
 
 
+def channel_sqnr(w: np.ndarray, wq_w: np.ndarray, axis: int) -> float:
+    """Median over output channels of each channel's SQNR (dB): unlike one SQNR over the whole
+    tensor, it is not hidden by a few wide channels that hold most of the energy."""
+    ref = np.moveaxis(np.asarray(w, np.float64), axis, 0).reshape(w.shape[axis], -1)
+    err = ref - np.moveaxis(np.asarray(wq_w, np.float64), axis, 0).reshape(ref.shape)
+    return float(np.median([sqnr_from_sums(float(r @ r), float(e @ e))
+                            for r, e in zip(ref, err)]))
+
+
 def weight_range(graph, node, wq: WeightQuant) -> WeightRange:
     """Measure the weight of ``node`` (quantized as ``wq`` by the table)."""
     name = node.inputs[1]
@@ -69,8 +78,8 @@ def weight_range(graph, node, wq: WeightQuant) -> WeightRange:
     per_channel = WeightQuant((absmax / wq.qmax).astype(np.float32), axis, wq.bits)
     per_tensor = wq.axis is None or np.size(wq.scales) == 1
     return WeightRange(int(absmax.size), absmax, far, starved,
-                       sqnr_db(w, fake_quant_weight(graph, name, wq)),
-                       sqnr_db(w, fake_quant_weight(graph, name, per_channel)),
+                       channel_sqnr(w, fake_quant_weight(graph, name, wq), axis),
+                       channel_sqnr(w, fake_quant_weight(graph, name, per_channel), axis),
                        per_tensor, is_depthwise(graph, node))
 
 
