@@ -70,6 +70,8 @@ class Quantize(_Strict):
     activation_bits: Optional[int] = Field(None, ge=2, le=8)
     skip: List[str] = Field(default_factory=list)
     bias_correction: bool = False
+    equalize: bool = False  # cross-layer equalization pre-pass (core/equalize.py)
+    equalize_clip: bool = False  # also through Clip(0, b), rewritten as Relu + per-channel Min
     unsigned_activations: bool = True  # where the backend runs them (onnxruntime, tengine)
     params: Dict[str, Union[float, int, str, bool]] = Field(default_factory=dict)
     auto_mixed: Optional[AutoMixed] = None

@@ -12,6 +12,7 @@ from ptqconv.core.calibrate import collect_stats
 from ptqconv.core.config import Config, load_config
 from ptqconv.core.corrections import apply_bias_corrections, measure_bias_corrections
 from ptqconv.core.data import CalibrationData, list_samples
+from ptqconv.core.equalize import equalize
 from ptqconv.core.errors import PtqconvError
 from ptqconv.core.ir.ops import ACTIVATION_OPS
 from ptqconv.core.plugins import get_registry
@@ -195,6 +196,8 @@ def job_table(registry, cfg: Config, graph, loaded, backend, quant: str) -> Quan
     calibrated (without the inputs ``quantize.auto_mixed`` holds aside); then ``quantize.skip``
     and automatic mixed precision applied, and checked against ``backend``."""
     from ptqconv.core.diagnose.jobs import mixed_precision_table, split_holdout
+    if cfg.quantize.equalize and (cfg.load_table or loaded.table is None or cfg.calibration.data):
+        equalize(graph, clip=cfg.quantize.equalize_clip)  # in place: the writer gets it too
     if cfg.load_table:
         table = load_table(registry, cfg.load_table, graph)
         log.step(f"loaded table {cfg.load_table}")

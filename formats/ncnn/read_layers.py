@@ -312,8 +312,8 @@ def read_pooling(ctx, layer, p):
         attrs["auto_pad"] = "SAME_UPPER" if mode == 2 else "SAME_LOWER"
     else:
         ctx.fail(layer, f"unknown pad_mode {mode}")
-    if ptype == 1:
-        attrs["count_include_pad"] = p.i(6, 0)
+    if ptype == 1:   # ncnn counts the padding of SAME modes in the average
+        attrs["count_include_pad"] = 1 if mode in (2, 3) else p.i(6, 0)
     ctx.node("MaxPool" if ptype == 0 else "AveragePool", layer.name, [x],
              [ctx.out(layer, 0, 3)], **attrs)
 
@@ -600,7 +600,7 @@ def read_slice(ctx, layer, p):
 
 def read_crop(ctx, layer, p):
     """Crop: ONNX-Slice style ``9=starts 10=ends 11=axes``, or offsets ``0,1,13,2`` with sizes
-    ``3,4,14,5`` (0 = up to the end minus ``6,7,15,8``)."""
+    ``3,4,14,5`` (-233 = up to the end minus ``6,7,15,8``; the runtime rejects size 0)."""
     rank = ctx.rank(layer, 0)
     x = ctx.inp(layer, 0)
     starts, ends, axes = p.arr(9), p.arr(10), p.arr(11)
@@ -621,11 +621,15 @@ def read_crop(ctx, layer, p):
         for k, dim in enumerate(names):
             off_id, size_id, off2_id = ids[dim]
             off, size, off2 = p.i(off_id, 0), p.i(size_id, 0), p.i(off2_id, 0)
-            if off == 0 and size in (0, ABSENT) and off2 == 0:
+            if off == 0 and size == ABSENT and off2 == 0:
                 continue
             ir_axis = rank - k   # w is the last IR axis
             if size > 0:
                 end = off + size
+            elif size != ABSENT:
+                ctx.fail(layer, f"crop size {size} for {dim} (sizes are > 0, or -233 for the rest)")
+            elif off2 == 0:
+                end = INT_MAX
             else:
                 if shape is None:
                     ctx.fail(layer, "needs the input shape (pass --option input_shape=...)")

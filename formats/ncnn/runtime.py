@@ -86,17 +86,15 @@ def ncnn_runtime(paths, options=None) -> Callable[[Dict[str, np.ndarray]], List[
         results: List[List[np.ndarray]] = [[] for _ in outputs]
         for k in range(batch):
             ex = net.create_extractor()
-            keep = []
             for name in inputs:
+                # clone: in-place layers must not write into (or outlive) the caller's array
                 x = np.ascontiguousarray(feed[name][k], dtype=np.float32)
-                keep.append(x)
-                ex.input(name, ncnn.Mat(x))
+                ex.input(name, ncnn.Mat(x).clone())
             for j, name in enumerate(outputs):
                 ret, mat = ex.extract(name)
                 if ret != 0:
                     raise PtqconvError(f"ncnn failed to compute '{name}' (error {ret})")
                 results[j].append(np.array(mat).copy())
-            del keep
         return [np.stack(r) for r in results]
 
     run.input_names, run.output_names = inputs, outputs
