@@ -47,6 +47,9 @@ def convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", action="append", metavar="N,C,H,W",
                    help="model input shape for formats that do not store one (TorchScript); "
                         "repeat for several inputs; same as --option input_shape=N,C,H,W")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", dest="set_keys",
+                   help="any config key by its dotted path (repeatable), e.g. "
+                   "quantize.bias_correction=true, calibration.params.percentile=99.9")
     p.add_argument("-q", "--quiet", action="store_true", help="no step log")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -69,6 +72,11 @@ def run_convert(argv) -> int:
         if not sep or not key:
             raise PtqconvError(f"--option expects KEY=VALUE, got '{item}'")
         overrides[f"options.{key}"] = _parse_scalar(value)
+    for item in args.set_keys or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise PtqconvError(f"--set expects KEY=VALUE, got '{item}'")
+        overrides[key] = _parse_scalar(value)
     if args.input_shape:
         overrides["options.input_shape"] = ";".join(args.input_shape)
     convert(args.config, **overrides)
