@@ -36,21 +36,10 @@ def fp32_ncnn(out_dir: str, registry):
     if "ncnn" in registry.writer_names():
         written = ptqconv.convert(CONFIG, to="ncnn", output=param).outputs
         return written, "ptqconv ncnn writer"
-    from ptqconv.formats.torchscript.fixups import rewrite_global_means
-    from ptqconv.formats.torchscript.pnnx import find_pnnx, run_pnnx, summarize_output
-    work = tempfile.mkdtemp(dir=out_dir)
-    outs = {"pnnxparam": "m.pnnx.param", "pnnxbin": "m.pnnx.bin", "pnnxpy": "m_pnnx.py",
-            "pnnxonnx": "m.pnnx.onnx", "ncnnparam": param, "ncnnbin": param[:-6] + ".bin",
-            "ncnnpy": "m_ncnn.py"}
-    proc = run_pnnx(find_pnnx(), os.path.abspath(MODEL), work,
-                    {k: os.path.join(work, v) for k, v in outs.items()}, ["fp16=0"], 900)
-    if proc.returncode != 0:
-        sys.exit(f"pnnx failed: {summarize_output(proc.stdout)}")
-    with open(param, "r", encoding="utf-8") as f:  # so ptqconv's ncnn reader can read it too
-        text = rewrite_global_means(f.read())
-    with open(param, "w", encoding="utf-8") as f:
-        f.write(text)
-    return [param, param[:-6] + ".bin"], "pnnx's own ncnn output"
+    from ptqconv.formats.torchscript.reader import pnnx_to_ncnn
+    work = tempfile.mkdtemp(dir=out_dir)  # kept: the fp32 files are evaluated from here
+    param, binfile, _ = pnnx_to_ncnn(MODEL, work, None)
+    return [param, binfile], "pnnx's own ncnn output"
 
 
 def main(argv=None) -> int:

@@ -74,6 +74,37 @@ def _link_model(path: str, workdir: str) -> str:
     return target
 
 
+def pnnx_to_ncnn(path: str, work: str, shapes, timeout: float = DEFAULT_TIMEOUT):
+    """Run pnnx on the TorchScript file ``path`` inside the folder ``work`` (float32 weights).
+
+    Returns (ncnn param path, ncnn bin path, input shapes pnnx used); the param is already
+    rewritten by :func:`rewrite_global_means`. Raises one-line errors naming ``path``.
+    """
+    try:
+        exe = find_pnnx()
+    except PnnxMissing as exc:
+        raise PnnxMissing(f"{path}: {exc}") from None
+    model = _link_model(path, work)
+    out = {key: os.path.join(work, name) for key, name in (
+        ("pnnxparam", "m.pnnx.param"), ("pnnxbin", "m.pnnx.bin"), ("pnnxpy", "m_pnnx.py"),
+        ("pnnxonnx", "m.pnnx.onnx"), ("ncnnparam", "m.ncnn.param"),
+        ("ncnnbin", "m.ncnn.bin"), ("ncnnpy", "m_ncnn.py"))}
+    extra = ["fp16=0", "device=cpu"] + ([pnnx_argument(shapes)] if shapes else [])
+    log.step(f"torchscript: running pnnx on {path}")
+    proc = run_pnnx(exe, model, work, out, extra, timeout)
+    param, binfile = out["ncnnparam"], out["ncnnbin"]
+    if proc.returncode != 0 or not (os.path.isfile(param) and os.path.isfile(binfile)):
+        raise _pnnx_failure(path, proc.returncode, proc.stdout or "", shapes)
+    used = read_pnnx_input_shapes(out["pnnxparam"]) if os.path.isfile(out["pnnxparam"]) else []
+    used = [u or (shapes[k] if shapes and k < len(shapes) else None)
+            for k, u in enumerate(used or shapes or [])]
+    with open(param, "r", encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    with open(param, "w", encoding="utf-8") as f:
+        f.write(rewrite_global_means(text))
+    return param, binfile, used
+
+
 def read_torchscript(paths, options=None) -> LoadedModel:
     """Read a TorchScript ``.pt``/``.pth`` file into the float IR through pnnx and the ncnn
     reader. ``options``: ``input_shape`` (see :func:`parse_input_shapes`), ``pnnx_timeout``
@@ -82,31 +113,9 @@ def read_torchscript(paths, options=None) -> LoadedModel:
     path = paths[0]
     info = inspect_archive(path)
     shapes = choose_shapes(options, info.traced_inputs, path)
-    try:
-        exe = find_pnnx()
-    except PnnxMissing as exc:
-        raise PnnxMissing(f"{path}: {exc}") from None
     timeout = float(options.get("pnnx_timeout", DEFAULT_TIMEOUT))
     with tempfile.TemporaryDirectory(prefix="ptqconv-pnnx-") as work:
-        model = _link_model(path, work)
-        out = {key: os.path.join(work, name) for key, name in (
-            ("pnnxparam", "m.pnnx.param"), ("pnnxbin", "m.pnnx.bin"), ("pnnxpy", "m_pnnx.py"),
-            ("pnnxonnx", "m.pnnx.onnx"), ("ncnnparam", "m.ncnn.param"),
-            ("ncnnbin", "m.ncnn.bin"), ("ncnnpy", "m_ncnn.py"))}
-        extra = ["fp16=0", "device=cpu"] + ([pnnx_argument(shapes)] if shapes else [])
-        log.step(f"torchscript: running pnnx on {path}")
-        proc = run_pnnx(exe, model, work, out, extra, timeout)
-        param, binfile = out["ncnnparam"], out["ncnnbin"]
-        if proc.returncode != 0 or not (os.path.isfile(param) and os.path.isfile(binfile)):
-            raise _pnnx_failure(path, proc.returncode, proc.stdout or "", shapes)
-        used = read_pnnx_input_shapes(out["pnnxparam"]) if os.path.isfile(out["pnnxparam"]) \
-            else []
-        used = [u or (shapes[k] if shapes and k < len(shapes) else None)
-                for k, u in enumerate(used or shapes or [])]
-        with open(param, "r", encoding="utf-8", errors="replace") as f:
-            text = f.read()
-        with open(param, "w", encoding="utf-8") as f:
-            f.write(rewrite_global_means(text))
+        param, binfile, used = pnnx_to_ncnn(path, work, shapes, timeout)
         ncnn_options = {k: v for k, v in options.items() if k not in ("input_shape",
                                                                       PREPROCESS_SHAPES)}
         named = [f"{_input_name(k)}:{','.join(map(str, s))}" for k, s in enumerate(used) if s]
