@@ -67,6 +67,7 @@ class Quantize(_Strict):
     weight_method: str = "minmax"
     bits: int = Field(8, ge=2, le=8)
     weight_bits: Optional[int] = Field(None, ge=2, le=8)
+    activation_clamp: Optional[int] = Field(None, ge=1, le=127)  # largest activation code
     activation_bits: Optional[int] = Field(None, ge=2, le=8)
     skip: List[str] = Field(default_factory=list)
     bias_correction: bool = False

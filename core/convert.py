@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional
 
 from ptqconv.core import log
@@ -69,11 +69,16 @@ def companion_paths(fmt, paths: List[str]) -> List[str]:
     return result
 
 
-def output_paths(fmt, output: str) -> List[str]:
-    """The files a writer produces for ``-o output`` (the pair for two-file formats)."""
+def output_paths(fmt, output) -> List[str]:
+    """The files a writer produces for ``-o output`` (the pair for two-file formats); a list
+    names the companion files too (``[out.param, weights.bin]``)."""
+    given = list(output) if isinstance(output, (list, tuple)) else [output]
+    if len(given) > 1 + len(fmt.companions):
+        raise PtqconvError(f"output lists {len(given)} files but '{fmt.name}' writes "
+                           f"{1 + len(fmt.companions)}")
     if not fmt.companions:
-        return [output]
-    return companion_paths(fmt, [output])
+        return given
+    return companion_paths(fmt, given)
 
 
 def read_model(registry, cfg: Config):
@@ -153,6 +158,8 @@ def calibrate_table(registry, cfg: Config, graph, backend, quant: str) -> QuantT
     wquant = registry.get("weight_quantizers", q.weight_method)
     act_bits = q.activation_bits or q.bits
     spec = activation_spec(quant, act_bits, backend)
+    if q.activation_clamp:  # MNN feature_clamp_value: step = T / clamp
+        spec = replace(spec, clamp=q.activation_clamp)
     layers = plan_layers(graph, backend, q.skip)
     if not layers:
         raise PtqconvError(f"no layer of this model can be quantized for backend '{backend.name}' "
@@ -212,11 +219,25 @@ def job_table(registry, cfg: Config, graph, loaded, backend, quant: str) -> Quan
     return mixed_precision_table(cfg, graph, table)
 
 
+def table_job(registry, cfg: Config, t0: float) -> ConvertResult:
+    """A table-only job (``save_table`` without ``to``/``output``, as ncnn2table does): calibrate
+    (or load) for ``backend`` (default: the reader's) and write the table; no model is written."""
+    loaded, reader, in_paths = read_model(registry, cfg)
+    check_not_input([cfg.save_table], in_paths)
+    graph = registry.get("passes", "canonicalize").run(loaded.graph)
+    backend = registry.get("backends", cfg.backend or reader.backend)
+    table = job_table(registry, cfg, graph, loaded, backend, "int8")
+    save_table(registry, table, graph, cfg.save_table)
+    return ConvertResult([cfg.save_table], table, graph, {"total": time.perf_counter() - t0})
+
+
 def convert(config=None, **overrides) -> ConvertResult:
     """Run one job from a config (dict, YAML path or :class:`Config`) plus dotted overrides."""
     t0 = time.perf_counter()
     cfg = load_config(config, **overrides)
     registry = get_registry()
+    if not cfg.to and cfg.save_table and not cfg.output:
+        return table_job(registry, cfg, t0)
     if not cfg.to:
         raise PtqconvError("no target format given (use --to or 'to:' in the config; writers: "
                            + ", ".join(sorted(registry.writer_names())) + ")")

@@ -2,7 +2,9 @@
 
 Images (JPEG/PNG/BMP) are decoded with Pillow and preprocessed as the seed tools describe it:
 pixel order, resize (whole image, shorter side, or letterbox), center crop, ``(x - mean) * norm``.
-``.npy`` files are used as they are (no pickle).
+Raw tensor files (``.npy``, ``.txt``, ``.bin``; see :mod:`ptqconv.core.inputs`) are used as they
+are. In a folder, ``.txt`` files are samples only when the folder holds no image; a ``.txt`` given
+directly is a list file unless it starts with a number.
 """
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ptqconv.core.errors import PtqconvError
+from ptqconv.core.inputs import (TENSOR_EXTS, fit_shaped, load_tensor_input, looks_like_tensor_text,
+                                 read_npy)
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
-TENSOR_EXTS = (".npy",)
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
              "area": Image.BOX, "lanczos": Image.LANCZOS}
 
@@ -29,8 +32,13 @@ def list_samples(spec: str, count: Optional[int] = None) -> List[str]:
     """Resolve a directory, a list file (one path per line) or a glob to sorted sample paths;
     keep the first ``count``."""
     if os.path.isdir(spec):
-        paths = sorted(os.path.join(spec, f) for f in os.listdir(spec) if _is_sample(f))
-    elif os.path.isfile(spec) and not _is_sample(spec):
+        names = [f for f in os.listdir(spec) if _is_sample(f)
+                 and os.path.isfile(os.path.join(spec, f))]
+        if any(f.lower().endswith(IMAGE_EXTS) for f in names):  # labels.txt beside images
+            names = [f for f in names if not f.lower().endswith(".txt")]
+        paths = sorted(os.path.join(spec, f) for f in names)
+    elif os.path.isfile(spec) and (not _is_sample(spec) or (
+            spec.lower().endswith(".txt") and not looks_like_tensor_text(spec))):
         base = os.path.dirname(os.path.abspath(spec))
         try:
             with open(spec, "r", encoding="utf-8") as f:
@@ -48,7 +56,8 @@ def list_samples(spec: str, count: Optional[int] = None) -> List[str]:
     if count is not None:
         paths = paths[:count]
     if not paths:
-        raise PtqconvError(f"{spec}: calibration set is empty (no .jpg/.png/.bmp/.npy files)")
+        raise PtqconvError(f"{spec}: calibration set is empty (no .jpg/.png/.bmp/.npy/.txt/.bin "
+                           f"files)")
     return paths
 
 
@@ -95,7 +104,7 @@ def _resize(img, pre, hw):
         scale = min(w / img.width, h / img.height)
         nw, nh = max(1, round(img.width * scale)), max(1, round(img.height * scale))
         resized = img.resize((nw, nh), resample)
-        fill = int(pre.letterbox) if img.mode == "L" else (int(pre.letterbox),) * len(img.mode)
+        fill = _pad_fill(pre.letterbox, img.mode)
         canvas = Image.new(img.mode, (w, h), fill)
         canvas.paste(resized, ((w - nw) // 2, (h - nh) // 2))
         return canvas
@@ -117,21 +126,23 @@ def _resize(img, pre, hw):
     return img
 
 
+def _pad_fill(value, mode):
+    """Pillow fill colour for a letterbox pad ``value`` (one number or one per channel)."""
+    values = [int(round(v)) for v in (value if isinstance(value, list) else [value])]
+    bands = len(mode)
+    if len(values) == 1:
+        values = values * bands
+    if len(values) != bands:
+        raise PtqconvError(f"config key 'preprocess.letterbox' has {len(values)} values but the "
+                           f"image has {bands} channels")
+    return values[0] if bands == 1 else tuple(values)
+
+
 def load_tensor(path: str, expected_shape: Sequence[int]) -> np.ndarray:
     """Load a ``.npy`` tensor (no pickle) and check it fits ``expected_shape`` (batch axis optional)."""
-    try:
-        x = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise PtqconvError(f"{path}: tensor file not found") from None
-    except (ValueError, OSError, EOFError) as exc:
-        raise PtqconvError(f"{path}: not a readable .npy tensor: {exc}") from None
-    x = np.asarray(x, dtype=np.float32)
-    exp = tuple(expected_shape)
-    if tuple(x.shape) == exp[1:]:
-        return x
-    if x.ndim == len(exp) and tuple(x.shape[1:]) == exp[1:]:
-        return x  # already has a batch axis
-    raise PtqconvError(f"{path}: tensor shape {tuple(x.shape)} does not fit model input shape {exp}")
+    x = read_npy(path)
+    fit_shaped(x, path, expected_shape)
+    return x
 
 
 class CalibrationData:
@@ -161,8 +172,7 @@ class CalibrationData:
         shape = info.static_shape() or tuple(d if isinstance(d, int) and d > 0 else 1
                                              for d in (info.shape or ()))
         if path.lower().endswith(TENSOR_EXTS):
-            x = load_tensor(path, shape)
-            return x if x.ndim == len(shape) else x[None]
+            return load_tensor_input(path, shape, info.name)
         pre = self.preprocess[k]
         hw = pre.size or _spatial(shape, pre.layout, info.name)
         x = load_image(path, pre, hw)
