@@ -1,6 +1,7 @@
 """MNN files run by MNN itself (the ``MNN`` pip package): ONNX -> mnn matches onnxruntime,
 mnn -> ONNX matches MNN, mnn-int8 runs its convolutions in int8 and stays close to fp32, golden
 files convert to ONNX that matches MNN, ncnn SqueezeNet -> mnn-int8 in one command."""
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from ptqconv.formats.mnn.reader import read_mnn, read_net
 from test_mnn_format import op_zoo_model
 
 MNN = pytest.importorskip("MNN")
-from ptqconv.formats.mnn.runtime import MnnRunner  # noqa: E402
+from ptqconv.formats.mnn.runtime import MnnRunner, int8_conv_count, mnn_op_counts  # noqa: E402
 
 EVAL_IMAGES = 5
 
@@ -36,20 +37,6 @@ def ort_run(path, feed):
 def eval_images(pre, hw, count=EVAL_IMAGES):
     _, files = imagenet_split()
     return [load_image(f, pre, hw)[None] for f in files[:count]]
-
-
-def int8_ops(path):
-    """{op type as MNN's session reports it: count}; int8 ops carry a '[ DT_INT8 ]' suffix."""
-    interp = MNN.Interpreter(str(path))
-    session = interp.createSession({"numThread": 1})
-    counts = {}
-
-    def after(tensors, info):
-        key = info.getType().strip()
-        counts[key] = counts.get(key, 0) + 1
-        return True
-    interp.runSessionWithCallBackInfo(session, lambda t, i: True, after)
-    return counts
 
 
 def calib_config(tmp_path, pre, count=8):
@@ -96,15 +83,20 @@ def test_op_zoo_in_mnn_matches_onnxruntime(tmp_path):
         np.testing.assert_allclose(g.reshape(r.shape), r, rtol=1e-3, atol=1e-5)
 
 
-def _mnn_converter(src, dst):
-    """MNN's own ONNX converter (the wheel's native ``_tools`` module) in a subprocess."""
-    code = ("import sys, _tools; sys.exit(0 if _tools.mnnconvert(['mnnconvert', '-f', 'ONNX', "
-            f"'--modelFile', {str(src)!r}, '--MNNModel', {str(dst)!r}, '--bizCode', 'biz']) "
-            "else 1)")
+def _mnn_tool(args, dst):
+    """MNN's own converter (the wheel's native ``_tools`` module, never the telemetry-calling
+    console scripts) in a subprocess; skips the test when it is not usable."""
+    code = ("import sys, _tools; "
+            f"sys.exit(0 if _tools.mnnconvert(['mnnconvert'] + {list(map(str, args))!r}) else 1)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)
     if proc.returncode != 0 or not os.path.exists(dst):
         pytest.skip(f"MNN's converter module is not usable here: {proc.stderr[-200:]}")
+
+
+def _mnn_converter(src, dst):
+    """MNN's ONNX -> MNN conversion."""
+    _mnn_tool(["-f", "ONNX", "--modelFile", src, "--MNNModel", dst, "--bizCode", "biz"], dst)
 
 
 @pytest.mark.parametrize("source", ["mnn-converter", "ptqconv"])
@@ -130,6 +122,52 @@ def test_mnn_to_onnx_matches_mnn(tmp_path, source):
         np.testing.assert_allclose(got[name].reshape(value.shape), value, rtol=1e-3, atol=1e-5)
 
 
+def _caffe_style_net(path):
+    """Ops MNN's ONNX converter never writes (Eltwise, Caffe Slice, Sigmoid/TanH ops, Permute,
+    Scale, leaky ReLU, Flatten), built as MNN JSON and turned into .mnn by MNN's ``_tools``."""
+    names = ["x", "x4", "e1", "e2", "e3", "s0", "s1", "c", "sg", "th", "pm", "sc", "r", "y"]
+    index = {n: k for k, n in enumerate(names)}
+
+    def op(kind, ins, outs, param_type=None, param=None):
+        d = {"type": kind, "inputIndexes": [index[i] for i in ins],
+             "outputIndexes": [index[o] for o in outs], "name": outs[0]}
+        if param_type:
+            d.update(main_type=param_type, main=param)
+        return d
+    ops = [{"type": "Input", "outputIndexes": [0], "name": "x", "main_type": "Input",
+            "main": {"dims": [1, 4, 6, 6], "dtype": "DT_FLOAT", "dformat": "NCHW"}},
+           op("ConvertTensor", ["x"], ["x4"], "TensorConvertInfo",
+              {"source": "NCHW", "dest": "NC4HW4"}),
+           op("Eltwise", ["x4", "x4"], ["e1"], "Eltwise", {"type": "SUM"}),
+           op("Eltwise", ["e1", "x4"], ["e2"], "Eltwise", {"type": "PROD"}),
+           op("Eltwise", ["e2", "x4"], ["e3"], "Eltwise", {"type": "MAXIMUM"}),
+           op("Slice", ["e3"], ["s0", "s1"], "Slice",
+              {"axis": 1, "slicePoints": [1], "sourceType": "CAFFE"}),
+           op("Concat", ["s1", "s0"], ["c"], "Axis", {"axis": 1}),
+           op("Sigmoid", ["c"], ["sg"]),
+           op("TanH", ["sg"], ["th"]),
+           op("Permute", ["th"], ["pm"], "Permute", {"dims": [0, 1, 3, 2]}),
+           op("Scale", ["pm"], ["sc"], "Scale", {"channels": 4, "scaleData": [1, 2, 3, 4],
+                                                 "biasData": [0.1, 0.2, 0.3, 0.4]}),
+           op("ReLU", ["sc"], ["r"], "Relu", {"slope": 0.1}),
+           op("Flatten", ["r"], ["y"], "Flatten", {"axis": 1, "endAxis": 0})]
+    js = path.with_suffix(".json")
+    js.write_text(json.dumps({"oplists": ops, "tensorName": names, "outputName": ["y"],
+                              "sourceType": "CAFFE", "bizCode": "test"}))
+    _mnn_tool(["-f", "JSON", "--modelFile", str(js), "--MNNModel", str(path)], path)
+
+
+def test_caffe_style_ops_read_like_mnn_runs_them(tmp_path):
+    mnn = tmp_path / "caffe_ops.mnn"
+    _caffe_style_net(mnn)
+    back = tmp_path / "caffe_ops.onnx"
+    ptqconv.convert({"input": str(mnn), "output": str(back), "to": "onnx"})
+    x = np.random.default_rng(5).normal(0, 1, (1, 4, 6, 6)).astype(np.float32)
+    want = MnnRunner(str(mnn))({"x": x})[0]
+    got = ort_run(back, {"x": x})[0]
+    np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-4, atol=1e-6)
+
+
 def test_mnn_int8_runs_int8_and_stays_close(tmp_path, mobilenet, mobilenet_fp32):
     out = tmp_path / "mbv2_int8.mnn"
     cfg = calib_config(tmp_path, TORCHVISION)
@@ -148,9 +186,8 @@ def test_mnn_int8_runs_int8_and_stays_close(tmp_path, mobilenet, mobilenet_fp32)
         for t in (op.inputs[0], op.outputs[0]):
             scale, zero, lo, hi, dtype = net.quant_info[t]
             assert scale > 0 and zero == 0 and (lo, hi) == (-127, 127) and dtype == S.DT_INT8
-    ops = int8_ops(out)
-    assert ops.get("Convolution [ DT_INT8 ]", 0) + ops.get("ConvolutionDepthwise [ DT_INT8 ]", 0) \
-        == 52, ops
+    ops = mnn_op_counts(out)
+    assert int8_conv_count(ops) == 52, ops
     fp32, int8 = MnnRunner(mobilenet_fp32), MnnRunner(str(out))
     cos = [cosine(int8({"input": x})[0], fp32({"input": x})[0])
            for x in eval_images(TORCHVISION, (224, 224))]
@@ -198,9 +235,8 @@ def test_golden_int8_rewritten_with_its_own_table(tmp_path):
     golden = str(shared_path("golden", "mnn", "face_det_quant.mnn"))
     out = tmp_path / "face_det_rewritten.mnn"
     ptqconv.convert({"input": golden, "output": str(out), "to": "mnn-int8"})
-    ops = int8_ops(out)
-    assert ops.get("Convolution [ DT_INT8 ]", 0) + ops.get("ConvolutionDepthwise [ DT_INT8 ]", 0) \
-        == 47, ops
+    ops = mnn_op_counts(out)
+    assert int8_conv_count(ops) == 47, ops
     pre = GOLDEN_PRE["face_det_quant.mnn"][0]
     a, b = MnnRunner(golden), MnnRunner(str(out))
     for x in eval_images(pre, pre.size, 2):
@@ -224,8 +260,8 @@ def test_ncnn_squeezenet_to_mnn_int8_in_one_command(tmp_path):
     proc = run_cli("-q", "-c", tmp_path / "cfg.yaml", "--from", "ncnn", "--to", "mnn-int8",
                    "-i", param, "-o", out)
     assert proc.returncode == 0, proc.stderr
-    ops = int8_ops(out)
-    assert ops.get("Convolution [ DT_INT8 ]", 0) >= 25, ops
+    ops = mnn_op_counts(out)
+    assert int8_conv_count(ops) == 25, ops     # all but the last conv (Relu -> global pool)
     runner = MnnRunner(str(out))
     for x in eval_images(CAFFE_BGR227, (227, 227), 3):
         ref = ort_run(reference, {"data": x})[0]

@@ -344,7 +344,14 @@ def _fc_weight(ex, node):
 
 @emits("Gemm", "MatMul")
 def _fc(ex: Exporter, node) -> None:
-    """Fully connected layers become Reshape -> 1x1 Convolution -> Reshape (as MNN's converter)."""
+    """Fully connected layers become Reshape -> 1x1 Convolution -> Reshape (as MNN's converter);
+    a MatMul of two computed tensors is MNN's MatMul op."""
+    if node.op == "MatMul" and node.inputs[1] not in ex.g.constants:
+        table = T({S.MATMUL.T: i32(S.DT_FLOAT), S.MATMUL.transposeA: flag(False),
+                   S.MATMUL.transposeB: flag(False)})
+        ex.nb.add("MatMul", [ex.value(node.inputs[0]), ex.value(node.inputs[1])],
+                  [ex.out(node.outputs[0])], "MatMul", table)
+        return
     w, bias = _fc_weight(ex, node)
     n, k = w.shape
     out_shape = ex.shape(node.outputs[0])

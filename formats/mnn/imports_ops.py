@@ -506,3 +506,29 @@ def _strided_slice(im: Importer, op: MnnOp) -> None:
         im.node("Squeeze", [dst, im.const(out + "_axes", np.asarray(dims, np.int64))], [out])
         rank = im.rank.get(x)
         im.follow(out, x, NCHW, rank - len(dims) if rank is not None else None)
+
+
+@imports("MatMul")
+def _matmul(im: Importer, op: MnnOp) -> None:
+    a, b = im.input_name(op, 0), im.input_name(op, 1)
+    out = im.t(op.outputs[0])
+    p = op.param
+    flags = [p.scalar(S.MATMUL.transposeA, "?", False), p.scalar(S.MATMUL.transposeB, "?", False)]
+    ins = []
+    for name, flip in zip((a, b), flags):
+        if flip:
+            rank = im.rank.get(name)
+            if rank is None or rank < 2:
+                raise Skip("MatMul with a transposed operand of unknown rank")
+            perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+            t = im.fresh(name + "__t")
+            im.node("Transpose", [name], [t], perm=perm)
+            im.follow(t, name, NCHW)
+            name = t
+        ins.append(name)
+    dst = out if len(op.inputs) < 3 else im.fresh(out + "__mm")
+    im.node("MatMul", ins, [dst], name=op.name)
+    if dst != out:
+        im.node("Add", [dst, im.input_name(op, 2)], [out])
+    ranks = [im.rank.get(n) for n in ins]
+    im.follow(out, a, NCHW, max(ranks) if None not in ranks else None)

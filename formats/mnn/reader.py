@@ -30,7 +30,7 @@ EXPECTED_PARAM = {
     "FloatToInt8": "QuantizedFloatParam", "Int8ToFloat": "QuantizedFloatParam",
     "Slice": "Slice", "Squeeze": "SqueezeParam", "Unsqueeze": "SqueezeParam",
     "Reduction": "ReductionParam", "PReLU": "PRelu", "ELU": "ELU", "LRN": "LRN",
-    "StridedSlice": "StridedSliceParam",
+    "StridedSlice": "StridedSliceParam", "MatMul": "MatMul",
 }
 MAX_TENSORS = 1 << 24
 
@@ -178,7 +178,8 @@ def read_mnn(paths, options=None) -> LoadedModel:
     net = read_net(paths[0])
     try:
         graph, table = net_to_ir(net)
-    except (struct.error, ValueError, IndexError, OverflowError) as exc:
+    except (struct.error, ValueError, IndexError, OverflowError, AttributeError, TypeError,
+            KeyError) as exc:  # a damaged file that passed the structural checks
         raise ModelFormatError(net.path, f"offset {net.buf.last}",
                                f"malformed model ({exc})") from None
     return LoadedModel(graph, table)

@@ -72,3 +72,25 @@ def mnn_runtime(paths, options=None):
     """The ``ModelFormat.runtime`` hook: a callable running ``paths[0]`` in MNN."""
     options = options or {}
     return MnnRunner(paths[0], threads=int(options.get("threads", 1)))
+
+
+def mnn_op_counts(path: str, threads: int = 1) -> Dict[str, int]:
+    """Run ``path`` once (zero input) in an MNN session and count the executed ops by the type
+    MNN reports; ops MNN runs in int8 carry a ``[ DT_INT8 ]`` suffix, e.g.
+    ``{"Convolution [ DT_INT8 ]": 35, "Convolution": 1, ...}``."""
+    mnn = _mnn()
+    interp = mnn.Interpreter(str(path))
+    session = interp.createSession({"numThread": max(1, int(threads))})
+    counts: Dict[str, int] = {}
+
+    def after(tensors, info):
+        key = info.getType().strip()
+        counts[key] = counts.get(key, 0) + 1
+        return True
+    interp.runSessionWithCallBackInfo(session, lambda tensors, info: True, after)
+    return counts
+
+
+def int8_conv_count(counts: Dict[str, int]) -> int:
+    """Number of convolutions (dense and depthwise) MNN ran in int8, from :func:`mnn_op_counts`."""
+    return sum(v for k, v in counts.items() if k.startswith("Convolution") and "DT_INT8" in k)

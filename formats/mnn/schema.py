@@ -95,6 +95,7 @@ FLATTEN = Slots(axis=0, endAxis=1)
 RELU = Slots(slope=0)
 RELU6 = Slots(minValue=0, maxValue=1)
 PRELU = Slots(slopeCount=0, slope=1)
+MATMUL = Slots(T=0, transposeA=1, transposeB=2)
 INTERP = Slots(widthScale=0, heightScale=1, outputWidth=2, outputHeight=3, resizeType=4,
                alignCorners=5, halfPixelCenters=6, widthOffset=7, heightOffset=8,
                cubicCoeffA=9, ctm=10)
