@@ -76,7 +76,9 @@ def refine_thresholds(graph, table, stats, data, spec, threads=0, max_inputs=32)
     options, errors = {}, {}
     for tensor, nodes in consumers.items():
         aq = table.activations[tensor]
-        cands = candidate_thresholds(aq, stats[tensor]) if tensor in stats else []
+        # asymmetric ranges (zero point, e.g. EMA) are kept: the candidates are symmetric
+        cands = candidate_thresholds(aq, stats[tensor]) if tensor in stats and \
+            aq.zero_point == 0 else []
         if len(cands) < 2:
             continue
         options[tensor] = [_requantize(aq, t, stats[tensor], spec) for t in cands]
