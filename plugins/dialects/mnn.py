@@ -17,8 +17,8 @@ from typing import List
 from ptqconv.core.errors import PtqconvError, did_you_mean
 from ptqconv.core.hookspecs import hookimpl
 from ptqconv.core.records import Command
-from ptqconv.plugins.dialects.common import (PRINT_CONFIG, QUIET, Unsupported, absolute, prune,
-                                             resolve, run_or_print, take_flags)
+from ptqconv.plugins.dialects.common import (PRINT_CONFIG, QUIET, absolute, prune, resolve,
+                                             run_or_print, take_flags)
 
 TOOL = "quantized"
 USAGE = "quantized origin.mnn quan.mnn config.json [--print-config] [-q]"
