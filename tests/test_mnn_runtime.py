@@ -267,3 +267,26 @@ def test_ncnn_squeezenet_to_mnn_int8_in_one_command(tmp_path):
         ref = ort_run(reference, {"data": x})[0]
         got = runner({"data": x})[0]
         assert cosine(got, ref) >= 0.95
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_mnn_decodes_quantized_weights_like_the_reader(tmp_path, bits):
+    """Weight-only files (IDSTQuan weights, no quantInfo) make MNN compute in float with the
+    weights it decodes: they must equal the reader's dequantized weights (8- and 4-bit palettes)."""
+    from synthetic import tiny_cnn, write_images
+    src = tiny_cnn(tmp_path / "tiny.onnx", size=16)
+    write_images(tmp_path / "imgs", 4, size=16)
+    out = tmp_path / f"tiny_w{bits}.mnn"
+    ptqconv.convert({"input": src, "output": str(out), "to": "mnn-int8",
+                     "options": {"weight_only": True},
+                     "quantize": {"weight_bits": bits},
+                     "calibration": {"data": str(tmp_path / "imgs"), "method": "minmax",
+                                     "refine": "none"},
+                     "preprocess": {"size": [16, 16], "norm": [1 / 255] * 3}})
+    assert not read_net(str(out)).quant_info
+    back = tmp_path / "back.onnx"
+    ptqconv.convert({"input": str(out), "output": str(back), "to": "onnx"})
+    x = np.random.default_rng(6).normal(0, 1, (1, 3, 16, 16)).astype(np.float32)
+    want = MnnRunner(str(out))({"input": x})[0]
+    got = ort_run(back, {"input": x})[0]
+    np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-4, atol=1e-5)

@@ -49,8 +49,9 @@ def emits(*ops):
 class Exporter:
     """Writes one IR graph; ``plan`` maps a node name to its int8 conv plan (see int8plan)."""
 
-    def __init__(self, graph, plan=None, quant=None, source="graph"):
+    def __init__(self, graph, plan=None, quant=None, source="graph", weight_only=False):
         self.g, self.plan, self.source = graph, plan or {}, source
+        self.weight_only = weight_only
         self.nb = NetBuilder()
         self.alias: Dict[str, str] = {}
         self.outputs = set(graph.output_names())
@@ -138,6 +139,8 @@ class Exporter:
         for name in self.g.output_names():
             if self.alias.get(name, name) != name:
                 raise UnsupportedOpsError(self.source, [f"output '{name}' written twice"])
+        if self.weight_only:  # no activation quantInfo: MNN computes in float
+            self.nb.quant.clear()
         return self.nb.serialize(self.g.output_names())
 
     # ---- shared pieces -------------------------------------------------------------------------

@@ -44,7 +44,8 @@ class ConvPlan:
         """(IDSTQuan, QuantizedFloatParam) tables for output channels ``lo:hi``."""
         codes, alpha = self.codes[lo:hi], self.alpha[lo:hi]
         buf, wide = encode_dense(codes, self.bits)
-        qmax = 2 ** (self.bits - 1) - 1
+        qmax = int(self.out_quant.max)  # activation code range (weights may use fewer bits)
+        abits = int(np.ceil(np.log2(qmax + 1))) + 1
         idst = T({S.IDST_QUAN.buffer: buf, S.IDST_QUAN.alpha: alpha.astype("<f4"),
                   S.IDST_QUAN.type: i32(1), S.IDST_QUAN.useInt32: flag(False),
                   S.IDST_QUAN.quantScale: f32(1.0), S.IDST_QUAN.scaleIn: f32(self.in_quant.scale),
@@ -53,7 +54,7 @@ class ConvPlan:
                   S.IDST_QUAN.readType: i32(0), S.IDST_QUAN.has_scaleInt: flag(False),
                   S.IDST_QUAN.shapeInt32: flag(wide), S.IDST_QUAN.weightSize: Scalar32(0),
                   S.IDST_QUAN.scaleStorage: i8(0)})
-        sym = T({S.QUANT_FLOAT.method: i8(0), S.QUANT_FLOAT.nbits: i32(self.bits),
+        sym = T({S.QUANT_FLOAT.method: i8(0), S.QUANT_FLOAT.nbits: i32(abits),
                  S.QUANT_FLOAT.zeroPoint: i8(int(self.in_quant.zero)),
                  S.QUANT_FLOAT.outputZeroPoint: i8(int(self.out_quant.zero)),
                  S.QUANT_FLOAT.clampMin: i8(-qmax), S.QUANT_FLOAT.clampMax: i8(qmax),
