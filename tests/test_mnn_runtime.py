@@ -19,6 +19,7 @@ from ptqconv.formats.mnn.reader import read_mnn, read_net
 from test_mnn_format import op_zoo_model
 
 MNN = pytest.importorskip("MNN")
+pytest.importorskip("flatbuffers")
 from ptqconv.formats.mnn.runtime import MnnRunner, int8_conv_count, mnn_op_counts  # noqa: E402
 
 EVAL_IMAGES = 5

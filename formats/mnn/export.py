@@ -25,7 +25,7 @@ UNARY = {"Abs": "ABS", "Neg": "NEG", "Floor": "FLOOR", "Ceil": "CEIL", "Sqrt": "
          "Acos": "ACOS", "Atan": "ATAN", "Reciprocal": "RECIPROCAL", "Sign": "SIGN",
          "Round": "ROUND", "Erf": "ERF", "Sigmoid": "SIGMOID", "Tanh": "TANH",
          "HardSwish": "HARDSWISH"}
-BINARY = {"Add": "ADD", "Sub": "SUB", "Mul": "MUL", "Div": "DIV", "Pow": "POW",
+BINARY = {"Add": "ADD", "Sub": "SUB", "Mul": "MUL", "Div": "REALDIV", "Pow": "POW",
           "Max": "MAXIMUM", "Min": "MINIMUM", "Sum": "ADD", "Equal": "EQUAL",
           "Greater": "GREATER", "Less": "LESS", "GreaterOrEqual": "GREATER_EQUAL",
           "LessOrEqual": "LESS_EQUAL", "Mod": "FLOORMOD"}
@@ -442,12 +442,16 @@ def _binary(ex: Exporter, node) -> None:
     keep4 = all((i in ex.g.constants and np.size(ex.g.constants[i]) == 1) or
                 (i not in ex.g.constants and ex.layout_of(i) == NC4HW4) for i in names)
     layout = NC4HW4 if keep4 else NCHW
+    kind = BINARY[node.op]
+    info = ex.g.tensor_info(names[0])
+    if kind == "REALDIV" and info is not None and info.dtype.startswith(("int", "uint")):
+        kind = "DIV"  # MNN's DIV is the integer division; float division is REALDIV
     acc = ex.value(names[0], layout)
     for k, name in enumerate(names[1:], start=1):
         last = k == len(names) - 1
         dst = ex.out(node.outputs[0], layout) if last else ex.nb.fresh(node.outputs[0] + f"_{k}")
-        ex.nb.add("BinaryOp", [acc, ex.value(name, layout)], [dst], "BinaryOp",
-                  binary(BINARY[node.op]), layout=layout)
+        ex.nb.add("BinaryOp", [acc, ex.value(name, layout)], [dst], "BinaryOp", binary(kind),
+                  layout=layout)
         acc = dst
 
 
