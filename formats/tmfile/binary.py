@@ -28,6 +28,7 @@ class TmBytes:
         self.size = len(data)
         self.path = path
         self._chain: List[Tuple[int, int, str]] = []
+        self.missing = 0  # bytes of left-out tensor data read as zeros so far
 
     def error(self, offset: int, message: str) -> ModelFormatError:
         """Build the one-line error for ``offset``."""

@@ -17,7 +17,7 @@ from ptqconv.formats.tmfile import schema as S
 from ptqconv.formats.tmfile.binary import NOT_SET, TmBuffer, TmBytes
 
 # A tensor whose data is left out ("benchmark" file) reads as zeros; cap what that may allocate.
-MAX_MISSING_DATA = 1 << 30
+MAX_MISSING_DATA = 64 << 20
 NO_BUFFER = 0xFFFFFFFF
 
 
@@ -188,8 +188,10 @@ def _const_data(b, at, what, dims, dtype, buffer_id, buffers) -> bytes:
         raise b.error(boff, f"buffer {buffer_id} holds {size} bytes, {what} with dims {dims} "
                             f"needs {nbytes}")
     if data_at == NOT_SET:
-        if nbytes > MAX_MISSING_DATA:
-            raise b.error(boff, f"buffer {buffer_id} leaves out {nbytes} bytes of data")
+        b.missing += nbytes
+        if b.missing > MAX_MISSING_DATA:
+            raise b.error(boff, f"buffer {buffer_id} leaves out {nbytes} bytes of data (more "
+                                f"than {MAX_MISSING_DATA >> 20} MiB of zeros in all)")
         return bytes(nbytes)
     return b.raw(data_at, nbytes, f"data of buffer {buffer_id}")
 

@@ -131,6 +131,11 @@ def quantize_model(model: TmModel, consts: Dict[str, np.ndarray], layers: List[Q
                    graph: Graph, table: QuantTable, quant: str) -> None:
     """Rewrite ``model``'s tensors in place as quant_tool lays out an int8/uint8 model."""
     acts = file_activations(graph, table, quant)
+    converted = sum(1 for a in table.activations.values() if a.scale > 0 and
+                    (a.signed if quant == "uint8" else not a.signed or a.zero_point))
+    if converted:
+        log.step(f"tmfile-{quant}: {converted} activation(s) of the table re-expressed as "
+                 f"{'asymmetric uint8' if quant == 'uint8' else 'signed int8 (Tengine int8 has no unsigned codes; calibrate with quantize.unsigned_activations: false to choose thresholds for them)'}")
     index = {t.name: k for k, t in enumerate(model.tensors)}
     act_type = S.INT8 if quant == "int8" else S.UINT8
     missing = []
@@ -162,10 +167,7 @@ def quantize_model(model: TmModel, consts: Dict[str, np.ndarray], layers: List[Q
         if layer.bias is None:
             continue
         b_t = model.tensors[index[layer.bias]]
-        b = consts[layer.bias].astype(np.float64).reshape(-1)
-        delta = table.bias_corrections.get(layer.node)
-        if delta is not None:
-            b = b + np.asarray(delta, np.float64).reshape(-1)
+        b = consts[layer.bias].astype(np.float64).reshape(-1)  # host added bias_corrections
         hint = bias_hints.get(layer.ir_bias)
         if hint is not None and len(hint) in (1, b.size):
             b_steps = np.array([h[0] for h in hint], np.float32)

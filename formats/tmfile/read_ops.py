@@ -17,6 +17,7 @@ from ptqconv.formats.tmfile.container import TmModel, TmNode
 
 INT64_MAX = np.iinfo(np.int64).max
 INT32_MAX = np.iinfo(np.int32).max
+MAX_RANK = 8
 
 
 class ReadContext:
@@ -230,6 +231,8 @@ def read_fc(ctx, node):
         ctx.unsupported.append("FullyConnected with a non-constant weight")
         return
     weight = ctx.constants[w]
+    if weight.ndim == 0:
+        raise ctx.error(node, "has a scalar weight")
     if weight.ndim != 2:
         ctx.constants[w] = weight.reshape(weight.shape[0], -1)
     if ctx.rank.get(x) != 2:
@@ -426,6 +429,8 @@ def read_flatten(ctx, node):
     p = node.params or {}
     x, out = ctx.inp(node, 0), ctx.out(node)
     axis, end = int(p.get("axis", 1)), int(p.get("end_axis", -1))
+    if not 0 <= axis < MAX_RANK:
+        raise ctx.error(node, f"axis {axis} is out of range")
     rank = ctx.rank.get(x)
     to_last = end == -1 or (rank is not None and end >= rank - 1) or (rank is None and end >= 3)
     if not to_last:

@@ -82,8 +82,12 @@ def convert_model(model: TmModel, path: str) -> LoadedModel:
             fn = READ_OPS.get(node.op)
             if fn is None:
                 ctx.unsupported.append(node.op)
-            else:
+                continue
+            try:
                 fn(ctx, node)
+            except (ValueError, IndexError, KeyError, TypeError, OverflowError) as exc:
+                # Param values that contradict each other or the tensors (untrusted input).
+                raise ctx.error(node, f"inconsistent params or tensors ({exc})") from None
     if ctx.unsupported:
         raise UnsupportedOpsError(path, ctx.unsupported)
     outputs = [_info(names[k], model.tensors[k]) for n in model.outputs
@@ -148,9 +152,10 @@ def dequantize(t: TmTensor, path: str) -> np.ndarray:
         # int8 is symmetric in Tengine's int8 kernels; quant_tool leaves garbage zero points on
         # some single-channel layers, so only uint8 uses them.
         zp = np.array([q[0] if t.data_type == S.UINT8 else 0 for q in t.quant],
-                      np.float64).reshape(view)
-        scale = np.array([q[1] for q in t.quant], np.float32).astype(np.float64).reshape(view)
-        return ((raw.astype(np.float64) - zp) * scale).astype(np.float32)
+                      np.float32).reshape(view)
+        scale = np.array([q[1] for q in t.quant], np.float32).reshape(view)
+        # float32 is exact here: one correctly rounded product of two float32 values.
+        return (raw.astype(np.float32) - zp) * scale
     if t.data_type == S.INT32 and t.quant and any(q[1] != 0 for q in t.quant):
         # An int32 bias: the runtime adds the codes with step in_scale * w_scale; its zero point
         # is not used (quant_tool leaves garbage there for some single-channel layers).
