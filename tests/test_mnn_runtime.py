@@ -291,3 +291,48 @@ def test_mnn_decodes_quantized_weights_like_the_reader(tmp_path, bits):
     want = MnnRunner(str(out))({"input": x})[0]
     got = ort_run(back, {"input": x})[0]
     np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-4, atol=1e-5)
+
+
+def test_int8_layout_matches_mnns_own_quantizer(tmp_path):
+    """Same ONNX model through MNN's converter + quantizer (``_tools.mnnquant``, KL, MAX_ABS)
+    and through ptqconv: identical int8 weight blobs, weight scales and header fields."""
+    from synthetic import tiny_cnn, write_images
+    # no BatchNormalization: MNN's converter folds it in float32, ptqconv in float64
+    src = tiny_cnn(tmp_path / "tiny.onnx", size=16, batchnorm=False)
+    write_images(tmp_path / "imgs", 4, size=16)
+    ref_fp32, ref_int8 = tmp_path / "ref.mnn", tmp_path / "ref_int8.mnn"
+    _mnn_converter(src, ref_fp32)
+    cfg = tmp_path / "quant.json"
+    cfg.write_text(json.dumps({"format": "RGB", "mean": [0, 0, 0], "normal": [1 / 255] * 3,
+                               "width": 16, "height": 16, "path": str(tmp_path / "imgs") + "/",
+                               "used_image_num": 4, "feature_quantize_method": "KL",
+                               "weight_quantize_method": "MAX_ABS", "quant_bits": 8}))
+    code = ("import sys, _tools; sys.exit(0 if _tools.mnnquant(['mnnquant', "
+            f"{str(ref_fp32)!r}, {str(ref_int8)!r}, {str(cfg)!r}]) else 1)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    if proc.returncode != 0 or not ref_int8.exists():
+        pytest.skip(f"MNN's quantizer module is not usable here: {proc.stderr[-200:]}")
+    ours = tmp_path / "ours.mnn"
+    ptqconv.convert({"input": src, "output": str(ours), "to": "mnn-int8",
+                     "calibration": {"data": str(tmp_path / "imgs"), "method": "minmax",
+                                     "refine": "none"},
+                     "preprocess": {"size": [16, 16], "norm": [1 / 255] * 3}})
+    conv_types = ("Convolution", "ConvolutionDepthwise")
+    theirs = [op for op in read_net(str(ref_int8)).ops if op.type in conv_types]
+    mine = [op for op in read_net(str(ours)).ops if op.type in conv_types]
+    pairs = [(a, b) for a, b in zip(theirs, mine) if b.param.has(S.CONV2D.quanParameter)]
+    assert len(pairs) == 2
+    header = {S.IDST_QUAN.type: "i", S.IDST_QUAN.quantScale: "f", S.IDST_QUAN.aMaxOrBits: "i",
+              S.IDST_QUAN.aMin: "i", S.IDST_QUAN.readType: "i"}
+    for a, b in pairs:
+        qa, qb = a.param.table(S.CONV2D.quanParameter), b.param.table(S.CONV2D.quanParameter)
+        assert np.array_equal(qa.array(S.IDST_QUAN.buffer, "b"), qb.array(S.IDST_QUAN.buffer, "b"))
+        assert np.array_equal(qa.array(S.IDST_QUAN.alpha, "f"), qb.array(S.IDST_QUAN.alpha, "f"))
+        for slot, fmt in header.items():
+            assert qa.scalar(slot, fmt, 0) == qb.scalar(slot, fmt, 0), slot
+        sa, sb = a.param.table(S.CONV2D.symmetricQuan), b.param.table(S.CONV2D.symmetricQuan)
+        for slot, fmt in ((S.QUANT_FLOAT.nbits, "i"), (S.QUANT_FLOAT.clampMin, "b"),
+                          (S.QUANT_FLOAT.clampMax, "b"), (S.QUANT_FLOAT.outputDataType, "i")):
+            assert sa.scalar(slot, fmt, None) == sb.scalar(slot, fmt, None), slot
+        assert not a.param.has(S.CONV2D.weight) and not b.param.has(S.CONV2D.weight)
