@@ -3,7 +3,7 @@ pre-pass (``quantize.equalize: true``) that leaves the float function unchanged.
 
 For a layer ``A`` whose output reaches layers ``B1..Bn`` only through channel-wise positively
 homogeneous ops (Relu, LeakyRelu, PRelu, max/average pooling, a per-channel Min bound, Flatten of
-a 1x1 map), output channel ``i`` of ``A`` is divided by ``s_i = sqrt(r1_i / r2_i)`` and input
+a 1x1 map, a channel Concat of several such layers, as in SqueezeNet's fire modules), output channel ``i`` of ``A`` is divided by ``s_i = sqrt(r1_i / r2_i)`` and input
 channel ``i`` of every ``B`` multiplied by it, where ``r1_i`` is the max-abs of ``A``'s channel
 ``i`` and ``r2_i`` the largest max-abs of input channel ``i`` over the ``B``s. Both ranges then
 equal ``sqrt(r1_i r2_i)``, which suits per-tensor weight quantization. Sweeps repeat until the
@@ -14,7 +14,7 @@ per-channel constant, which not every writer can store). High-bias absorption is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -25,16 +25,18 @@ from ptqconv.core.quantize import weight_axis
 LAYERS = ("Conv", "Gemm", "MatMul")
 HOMOGENEOUS = ("Relu", "LeakyRelu", "PRelu", "MaxPool", "AveragePool", "GlobalAveragePool",
                "GlobalMaxPool", "Identity")
-MAX_SWEEPS = 20
+MAX_SWEEPS = 50
 TOLERANCE = 1e-4
 
 
 @dataclass
 class Pair:
-    """A producer layer, the per-channel Min bounds on the way, and the consuming layers."""
+    """Producer layers (several when their outputs are concatenated on the channel axis, in
+    concat order), the per-channel Min bounds on the way as (constant, first channel), and the
+    consuming layers."""
 
-    producer: Node
-    bounds: List[str]
+    producers: List[Node]
+    bounds: List[Tuple[str, int]]
     consumers: List[Node]
 
 
@@ -70,62 +72,129 @@ def _is_flat_1x1(graph: Graph, tensor: str, out: str) -> bool:
         flat is not None and len(flat) == 2
 
 
-def _chain(graph: Graph, node: Node, channels: int, clip: bool, outputs, consumers):
-    """Follow ``node``'s output through channel-wise homogeneous ops. Returns (consuming
-    layers, bound constants, Clip nodes to rewrite) or None when the chain cannot be scaled."""
-    tensor, bounds, clips = node.outputs[0], [], []
+def _step(graph: Graph, node: Node, tensor: str, channels: int, clip: bool):
+    """Classify one op on a chain: "ok", ("clip", node), ("bound", name) or None (stop)."""
+    if node.op == "Clip":
+        return ("clip", node) if clip and _clip_bound(graph, node) is not None else None
+    if node.op == "Min":
+        if len(node.inputs) == 2 and node.inputs[1] in graph.constants and \
+                graph.constants[node.inputs[1]].shape[:1] == (channels,):
+            return ("bound", node.inputs[1])
+        return None
+    if node.op in ("Flatten", "Reshape"):
+        return "ok" if _is_flat_1x1(graph, tensor, node.outputs[0]) else None
+    return "ok" if node.op == "PRelu" or node.op in HOMOGENEOUS else None
+
+
+def _forward(graph: Graph, tensor: str, channels: int, clip: bool, outputs, consumers):
+    """Follow ``tensor`` through channel-wise homogeneous ops. Returns (consumers at the end:
+    layers, or a single Concat; bounds; Clips to rewrite) or None."""
+    bounds, clips = [], []
     while True:
         users = consumers.get(tensor, [])
         if tensor in outputs or not users:
             return None
-        if len(users) > 1 or users[0].op in LAYERS:
-            break
-        nxt = users[0]
-        if nxt.op == "Clip":
-            if not clip or _clip_bound(graph, nxt) is None:
-                return None
-            clips.append(nxt)
-        elif nxt.op == "Min":
-            if len(nxt.inputs) != 2 or nxt.inputs[1] not in graph.constants or \
-                    graph.constants[nxt.inputs[1]].shape[:1] != (channels,):
-                return None
-            bounds.append(nxt.inputs[1])
-        elif nxt.op in ("Flatten", "Reshape"):
-            if not _is_flat_1x1(graph, tensor, nxt.outputs[0]):
-                return None
-        elif nxt.op != "PRelu" and nxt.op not in HOMOGENEOUS:
+        if len(users) > 1 or users[0].op in LAYERS or users[0].op == "Concat":
+            return users, bounds, clips
+        kind = _step(graph, users[0], tensor, channels, clip)
+        if kind is None:
             return None
-        tensor = nxt.outputs[0]
-    users = consumers.get(tensor, [])
-    if not all(u.op in LAYERS and u.inputs[0] == tensor and weight_axis(graph, u) is not None
-               for u in users):
+        if kind != "ok":
+            (clips if kind[0] == "clip" else bounds).append(kind[1])
+        tensor = users[0].outputs[0]
+
+
+def _layer_channels(graph: Graph, node: Node):
+    axis = weight_axis(graph, node)
+    if node.op not in LAYERS or axis is None or node.inputs[0] in graph.constants:
         return None
-    return users, bounds, clips
+    return graph.constants[node.inputs[1]].shape[axis]
+
+
+def _consumers_ok(graph: Graph, users, tensor: str) -> bool:
+    return bool(users) and all(u.op in LAYERS and u.inputs[0] == tensor and
+                               _layer_channels(graph, u) is not None for u in users)
+
+
+def _concat_axis_ok(graph: Graph, node: Node) -> bool:
+    rank = len(graph.shape(node.outputs[0]) or ())
+    return rank >= 2 and int(node.attr("axis", 1)) in (1, 1 - rank)
+
+
+def _groups(graph: Graph, clip: bool):
+    """Candidate groups: (producers, their (bounds, clips, first channel), consumers)."""
+    outputs = set(graph.output_names())
+    consumers = graph.consumers()
+    found = []
+    concats = {}
+    for node in graph.nodes:
+        channels = _layer_channels(graph, node)
+        if channels is None:
+            continue
+        chain = _forward(graph, node.outputs[0], channels, clip, outputs, consumers)
+        if chain is None:
+            continue
+        users, bounds, clips = chain
+        if len(users) == 1 and users[0].op == "Concat":
+            concats.setdefault(users[0].name, {})[node.name] = (node, bounds, clips)
+        elif _consumers_ok(graph, users, users[0].inputs[0]):
+            found.append(([node], [(bounds, clips, 0)], users))
+    for cat in graph.nodes:
+        parts = concats.get(cat.name)
+        if cat.op != "Concat" or not parts or not _concat_axis_ok(graph, cat):
+            continue
+        # every input must come from a layer's chain, in order
+        order = []
+        for tensor in cat.inputs:
+            match = [v for v in parts.values() if _ends_at(graph, v[0], tensor, consumers)]
+            if len(match) != 1:
+                order = None
+                break
+            order.append(match[0])
+        if not order:
+            continue
+        total = sum(_layer_channels(graph, n) for n, _, _ in order)
+        chain = _forward(graph, cat.outputs[0], total, clip, outputs, consumers)
+        if chain is None or not _consumers_ok(graph, chain[0], chain[0][0].inputs[0]):
+            continue
+        users, bounds, clips = chain
+        starts = np.cumsum([0] + [_layer_channels(graph, n) for n, _, _ in order])
+        found.append(([n for n, _, _ in order],
+                      [(b, c, int(k)) for (_, b, c), k in zip(order, starts)] +
+                      [(bounds, clips, 0)], users))
+    return found
+
+
+def _ends_at(graph: Graph, node: Node, tensor: str, consumers) -> bool:
+    """True when ``tensor`` is reached from ``node``'s output through single-consumer ops."""
+    t = node.outputs[0]
+    while t != tensor:
+        users = consumers.get(t, [])
+        if len(users) != 1 or users[0].op == "Concat":
+            return False
+        t = users[0].outputs[0]
+    return True
 
 
 def find_pairs(graph: Graph, clip: bool = False) -> List[Pair]:
     """Producer/consumer layer groups that can be equalized (rewriting their Clips when
     ``clip``). Layers whose weight or bias constant is shared with another node are left out."""
-    outputs = set(graph.output_names())
     uses = {}
     for node in graph.nodes:
         for name in node.inputs:
             if name in graph.constants:
                 uses[name] = uses.get(name, 0) + 1
     pairs = []
-    for node in list(graph.nodes):
-        if node.op not in LAYERS or weight_axis(graph, node) is None \
-                or node.inputs[0] in graph.constants:
+    for producers, chains, users in _groups(graph, clip):
+        if any(uses.get(n, 0) > 1 for u in producers + users for n in u.inputs[1:3]):
             continue
-        channels = graph.constants[node.inputs[1]].shape[weight_axis(graph, node)]
-        found = _chain(graph, node, channels, clip, outputs, graph.consumers())
-        if found is None:
-            continue
-        users, bounds, clips = found
-        if any(uses.get(n, 0) > 1 for u in [node] + users for n in u.inputs[1:3]):
-            continue
-        bounds += [_split_clip(graph, c, channels) for c in clips]
-        pairs.append(Pair(node, bounds, users))
+        total = sum(_layer_channels(graph, n) for n in producers)
+        bounds = []
+        for k, (names, clips, start) in enumerate(chains):
+            width = _layer_channels(graph, producers[k]) if k < len(producers) else total
+            bounds += [(b, start) for b in names]
+            bounds += [(_split_clip(graph, c, width), start) for c in clips]
+        pairs.append(Pair(producers, bounds, users))
     return pairs
 
 
@@ -165,11 +234,13 @@ def _scale_output(graph: Graph, node: Node, inv: np.ndarray) -> None:
 
 def equalize_pair(graph: Graph, pair: Pair) -> float:
     """Equalize one group in place; returns the largest ``|log s|`` applied."""
-    a = pair.producer
-    axis = weight_axis(graph, a)
-    w1 = graph.constants[a.inputs[1]]
-    channels = w1.shape[axis]
-    r1 = np.abs(np.moveaxis(w1, axis, 0).reshape(channels, -1)).max(axis=1)
+    r1 = []
+    for a in pair.producers:
+        axis = weight_axis(graph, a)
+        w1 = graph.constants[a.inputs[1]]
+        r1.append(np.abs(np.moveaxis(w1, axis, 0).reshape(w1.shape[axis], -1)).max(axis=1))
+    r1 = np.concatenate(r1)
+    channels = r1.size
     views = []
     for b in pair.consumers:
         v = _input_axis_view(graph, b, channels)
@@ -180,10 +251,15 @@ def equalize_pair(graph: Graph, pair: Pair) -> float:
     s = np.ones(channels)
     ok = (r1 > 0) & (r2 > 0)
     s[ok] = np.sqrt(r1[ok] / r2[ok])
-    _scale_output(graph, a, 1.0 / s)
-    for bound in pair.bounds:
+    start = 0
+    for a in pair.producers:
+        width = graph.constants[a.inputs[1]].shape[weight_axis(graph, a)]
+        _scale_output(graph, a, 1.0 / s[start:start + width])
+        start += width
+    for bound, first in pair.bounds:
         c = graph.constants[bound]
-        graph.constants[bound] = (c / s.reshape([-1] + [1] * (c.ndim - 1))).astype(c.dtype)
+        part = s[first:first + c.shape[0]]
+        graph.constants[bound] = (c / part.reshape([-1] + [1] * (c.ndim - 1))).astype(c.dtype)
     for b, (view, restore) in zip(pair.consumers, views):
         scaled = view * s.reshape([-1] + [1] * (view.ndim - 1))
         graph.constants[b.inputs[1]] = restore(scaled).astype(graph.constants[b.inputs[1]].dtype)

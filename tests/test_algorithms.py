@@ -261,6 +261,38 @@ def test_equalization_keeps_the_function_and_equalizes_ranges(clip, model):
 def test_equalization_skips_relu6_without_clip_and_shared_weights():
     g = pointwise_graph(np.ones((3, 3)), np.zeros(3))
     assert find_pairs(g) == []  # a single layer: nothing to pair
+    g.nodes.append(Node("Relu", "r", ["y"], ["z"]))
+    g.nodes.append(Node("Conv", "c2", ["z", "w"], ["out"]))
+    g.nodes.append(Node("Conv", "c3", ["z", "w"], ["out2"]))  # same weight constant as c2
+    g.outputs = [TensorInfo("out"), TensorInfo("out2")]
+    assert find_pairs(g.infer_shapes()) == []
+
+
+def test_equalization_through_a_channel_concat():
+    """SqueezeNet's fire pattern: two layers concatenated on channels feed one layer."""
+    rng = np.random.default_rng(4)
+    c = {"wa": rng.normal(0, 1, (2, 3, 1, 1)) * np.array([0.1, 5.0])[:, None, None, None],
+         "wb": rng.normal(0, 1, (3, 3, 3, 3)) * np.array([2.0, 0.05, 1.0])[:, None, None, None],
+         "ba": rng.normal(0, 0.1, 2), "bb": rng.normal(0, 0.1, 3),
+         "wc": rng.normal(0, 1, (4, 5, 1, 1)), "bc": rng.normal(0, 0.1, 4)}
+    nodes = [Node("Conv", "a", ["x", "wa", "ba"], ["ya"]), Node("Relu", "ra", ["ya"], ["za"]),
+             Node("Conv", "b", ["x", "wb", "bb"], ["yb"], {"pads": [1, 1, 1, 1]}),
+             Node("Relu", "rb", ["yb"], ["zb"]),
+             Node("Concat", "cat", ["za", "zb"], ["z"], {"axis": 1}),
+             Node("MaxPool", "pool", ["z"], ["p"], {"kernel_shape": [2, 2], "strides": [2, 2]}),
+             Node("Conv", "c", ["p", "wc", "bc"], ["y"])]
+    g = Graph("cat", [TensorInfo("x", "float32", (1, 3, 6, 6))], [TensorInfo("y")], nodes,
+              {k: v.astype(np.float32) for k, v in c.items()}).infer_shapes()
+    x = rng.normal(0, 1, (1, 3, 6, 6)).astype(np.float32)
+    ref = make_session(g).run(None, {"x": x})[0]
+    pairs = find_pairs(g.copy())
+    assert [[n.name for n in p.producers] for p in pairs] == [["a", "b"]]
+    e = equalize(g.copy())
+    np.testing.assert_allclose(make_session(e).run(None, {"x": x})[0], ref, rtol=1e-4, atol=1e-5)
+    r1 = np.concatenate([np.abs(e.constants["wa"]).reshape(2, -1).max(axis=1),
+                         np.abs(e.constants["wb"]).reshape(3, -1).max(axis=1)])
+    r2 = np.abs(e.constants["wc"]).max(axis=(0, 2, 3))
+    np.testing.assert_allclose(r1, r2, rtol=1e-3)
 
 
 def test_per_tensor_weights_gain_from_equalization(model, calib, tmp_path):
