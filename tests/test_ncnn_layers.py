@@ -17,6 +17,7 @@ from ptqconv.formats.ncnn.runtime import ncnn_runtime  # noqa: E402
 
 IN3 = "Input in0 0 1 in0 0=6 1=5 2=4"          # c=4, h=5, w=6
 IN3B = "Input in1 0 1 in1 0=6 1=5 2=4"
+IN2 = "Input in0 0 1 in0 0=6 1=5"                # h=5, w=6
 IN4D = "Input in0 0 1 in0 0=6 1=5 11=3 2=4"    # c=4, d=3, h=5, w=6
 
 
@@ -67,6 +68,7 @@ CASES = [
     ("fc3d", ["InnerProduct fc 1 1 in0 out 0=7 1=1 2=840 9=1"], conv_w(7, 120, 1), ()),
     ("fc_after_gap", ["Pooling gap 1 1 in0 p 0=1 4=1", "InnerProduct fc 1 1 p out 0=3 1=0 2=12"],
      conv_w(3, 4, 1, bias=False), ()),
+    ("fc_rows", ["InnerProduct fc 1 1 in0 out 0=3 1=1 2=18 9=1"], conv_w(3, 6, 1), ()),
     ("maxpool_full", ["Pooling p 1 1 in0 out 0=0 1=3 2=2"], None, ()),
     ("maxpool_valid_pad", ["Pooling p 1 1 in0 out 0=0 1=2 2=2 3=1 5=1"], None, ()),
     ("avgpool_full_pad", ["Pooling p 1 1 in0 out 0=1 1=3 2=2 3=1 5=0"], None, ()),
@@ -130,7 +132,8 @@ CASES = [
 ]
 
 
-def _write_model(tmp_path, name, lines, maker, extra_inputs, input_line=IN3):
+def _write_model(tmp_path, name, lines, maker, extra_inputs, input_line=None):
+    input_line = input_line or (IN2 if name.endswith("_rows") else IN3)
     layers = [input_line] + list(extra_inputs) + lines
     blobs = dict.fromkeys(tok for ln in layers for tok in _blob_names(ln))
     text = f"7767517\n{len(layers)} {len(blobs)}\n" + "\n".join(layers) + "\n"

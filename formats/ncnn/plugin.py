@@ -4,6 +4,7 @@ from ptqconv.core.hookspecs import hookimpl
 from ptqconv.core.records import ModelFormat
 from ptqconv.formats.ncnn.reader import read_ncnn, sniff_ncnn
 from ptqconv.formats.ncnn.runtime import ncnn_runtime
+from ptqconv.formats.ncnn.writer import write_ncnn
 
 
 @hookimpl
@@ -11,5 +12,6 @@ def register_formats(register):
     register(ModelFormat(
         name="ncnn", description="ncnn text .param + .bin (fp32/fp16/int8 weights); int8 as "
                                  "ncnn2int8 writes it",
-        extensions=(".param",), companions=(".bin",), read=read_ncnn, sniff=sniff_ncnn,
-        backend="ncnn-cpu", runtime=ncnn_runtime))
+        extensions=(".param",), companions=(".bin",), read=read_ncnn, write=write_ncnn,
+        sniff=sniff_ncnn, quantized=("int8",), backend="ncnn-cpu",
+        write_passes=("fuse_activation",), runtime=ncnn_runtime))

@@ -241,7 +241,7 @@ def read_deconvolutiondepthwise(ctx, layer, p):
 
 def read_innerproduct(ctx, layer, p):
     """InnerProduct: Gemm(transB=1) on the flattened input; a 2-D input whose rows have
-    ``num_input`` values is multiplied row by row (MatMul + Add)."""
+    ``num_input`` values is multiplied row by row (MatMul + Add), as the runtime does."""
     out_n, count = p.i(0, 0), p.i(2, 0)
     if out_n <= 0 or count <= 0 or count % out_n:
         ctx.fail(layer, f"weight_data_size {count} is not a multiple of num_output {out_n}")
@@ -253,7 +253,7 @@ def read_innerproduct(ctx, layer, p):
         shape = ctx.shape(x)
         if shape is None:
             ctx.fail(layer, "needs the input shape (pass --option input_shape=...)")
-        if shape[2] == n_in and shape[1] > 1:
+        if shape[2] == n_in:   # ncnn multiplies each row (even a single one)
             wt = ctx.const(f"{layer.name}_weight_t", np.ascontiguousarray(w.T))
             if steps is not None:
                 ctx.unsupported(layer, "int8 InnerProduct on rows of a 2-D blob is not supported")
