@@ -110,7 +110,7 @@ def test_torchscript_to_ncnn_int8_runs_in_ncnn(tmp_path):
         cosines.append(_cosine(got, want))
         agree += int(np.argmax(got) == np.argmax(want))
     assert agree >= N_IMAGES - 2, cosines
-    assert min(cosines) > 0.95, cosines
+    assert np.median(cosines) >= 0.98, cosines  # softmax outputs against fp32 onnxruntime
 
 
 def _assert_clean_failure(proc, out, *fragments):
