@@ -34,7 +34,9 @@ def atomic_outputs(paths: Sequence[str]):
             os.close(fd)
             temps.append(tmp)
         yield temps
+        mode = 0o666 & ~_umask()
         for tmp, p in zip(temps, paths):
+            os.chmod(tmp, mode)  # mkstemp creates 0600; outputs get the usual permissions
             os.replace(tmp, p)
         temps = []
     finally:
@@ -43,6 +45,12 @@ def atomic_outputs(paths: Sequence[str]):
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
