@@ -57,6 +57,17 @@ def test_overflow_and_clip_ratio():
     assert metrics.overflow_ratio(y, u) == pytest.approx(1 / 10)
 
 
+def test_top1_drop_is_paired_and_bounded():
+    from ptqconv.core.diagnose.automix import top1_drop
+    labels = [0, 1, 2, 5]
+    drop, bound, lost, gained = top1_drop([0, 1, 2, 3], [0, 1, 9, 3], labels)
+    assert (lost, gained) == (1, 0) and drop == pytest.approx(25.0)
+    assert bound == pytest.approx(25.0 + 100 * math.sqrt((1 / 4 - 1 / 16) / 4))
+    drop, bound, lost, gained = top1_drop([0, 1, 2, 3], [0, 1, 9, 5], labels)  # one each way
+    assert (lost, gained, drop) == (1, 1, 0.0) and bound == pytest.approx(100 * math.sqrt(2 / 16))
+    assert top1_drop([0, 1, 2, 3], [0, 1, 2, 4], labels)[:2] == (0.0, 0.0)  # no right/wrong flip
+
+
 # ---- a small model with one deliberately hard layer -----------------------------------------------
 def hard_model(path, seed=0):
     """conv_a -> conv_b (depthwise, channel 0 weights x100, undone by a float Mul after it) ->
@@ -177,7 +188,7 @@ def test_auto_mixed_keeps_the_hard_layer_float_and_writers_honour_it(hard, tmp_p
     mixed = saved["meta"]["auto_mixed"]
     assert mixed["float_layers"] == ["conv_b"] and mixed["inputs"] == 8
     assert "per-tensor depthwise weights" in mixed["reasons"]["conv_b"]
-    trials = {k: (v, ok) for k, v, ok in mixed["trials"]}
+    trials = {t[0]: (t[1], t[2]) for t in mixed["trials"]}
     assert not trials[0][1] and trials[1][1] and trials[1][0] >= 30.0
     assert mixed["passes"] <= 3 + math.ceil(math.log2(2))
     # the ONNX writer leaves conv_b float (plain float weight) and quantizes the others
@@ -208,9 +219,10 @@ def test_auto_mixed_top1_uses_labels_and_held_aside_inputs(hard, tmp_path):
     result = ptqconv.convert(cfg)
     mixed = result.table.meta["auto_mixed"]
     assert mixed["inputs"] == 4 and mixed["baseline"] == pytest.approx(50.0)
-    chosen = [k for k, v, ok in mixed["trials"] if k == len(mixed["float_layers"])]
-    assert chosen and all(v <= 0.0 for k, v, ok in mixed["trials"] if k in chosen)
-    assert all(abs(v * 4 / 100 - round(v * 4 / 100)) < 1e-9 for _, v, _ in mixed["trials"])
+    for k, drop, ok, bound, detail in mixed["trials"]:
+        lost, gained = map(int, re.match(r"(\d+) lost, (\d+) gained of 4;", detail).groups())
+        assert drop == pytest.approx(100 * (lost - gained) / 4)
+        assert ok == (bound <= 0.0) and bound >= drop and (bound == drop) == (lost + gained == 0)
     cfg["calibration"]["labels"] = None
     (imgs / "labels.txt").write_text("")  # no label for any held-aside input
     with pytest.raises(ptqconv.core.errors.PtqconvError, match="calibration.labels"):

@@ -113,8 +113,9 @@ def _mixed_block(m):
                     f"{'met' if m.met else 'NOT met'}."
                     + (f" fp32 top-1 on these inputs: {m.baseline:.2f}%." if m.baseline is not None
                        else ""))]
-    blocks.append(("table", ["float layers", "measured", "within budget"],
-                   [[t.floats, m.value_text(t.value), "yes" if t.met else "no"] for t in m.trials]))
+    blocks.append(("table", ["float layers", "measured", "within budget", "detail"],
+                   [[t.floats, m.value_text(t.value), "yes" if t.met else "no", t.detail or "-"]
+                    for t in m.trials]))
     if m.float_layers:
         blocks.append(("table", ["layer kept float", "why"],
                        [[n, m.reasons.get(n, "")] for n in m.float_layers]))
