@@ -74,7 +74,8 @@ def coverage_graph() -> Graph:
         N("Resize", "up", ["dc", "", "up"], ["u"], {"mode": "nearest", "nearest_mode": "floor",
                                                    "coordinate_transformation_mode": "asymmetric"}),
         N("Pad", "pad", ["u", "pads", "padv"], ["pd"], {"mode": "constant"}),
-        N("AveragePool", "avgpool", ["pd"], ["ap"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}),
+        N("AveragePool", "avgpool", ["pd"], ["ap"], {"kernel_shape": [3, 3],
+                                                    "pads": [1, 1, 1, 1]}),
         N("Clip", "clip", ["ap", "clo", "chi"], ["cl"]),
         N("Split", "split", ["cl", "split"], ["sp0", "sp1"], {"axis": 1}),
         N("Transpose", "perm", ["sp0"], ["tr"], {"perm": [0, 2, 3, 1]}),
@@ -113,7 +114,8 @@ def _same_graph(a: Graph, b: Graph):
         assert n.attrs == m.attrs, n.name
     assert sorted(a.constants) == sorted(b.constants)
     for key, value in a.constants.items():
-        assert value.dtype == b.constants[key].dtype and np.array_equal(value, b.constants[key]), key
+        other = b.constants[key]
+        assert value.dtype == other.dtype and np.array_equal(value, other), key
     assert [(t.name, t.shape) for t in a.inputs] == [(t.name, t.shape) for t in b.inputs]
     assert a.output_names() == b.output_names()
 
@@ -340,5 +342,6 @@ def test_proto_tokenising_follows_the_tnn_reader():
     layer = proto.layers[0]
     assert (layer.type, layer.name, layer.inputs, layer.outputs, layer.line) == \
         ("Add", "add", ["a", "b"], ["c"], 6)
-    v1 = parse_proto('"1 1 1 4206624770 ,"\n"in 1 3 4 4 ,"\n" x ,"\n"x ,"\n" 0 ,"\n', "y", KNOWN_TYPES)
+    v1 = parse_proto('"1 1 1 4206624770 ,"\n"in 1 3 4 4 ,"\n" x ,"\n"x ,"\n" 0 ,"\n', "y",
+                     KNOWN_TYPES)
     assert v1.inputs[0].dims == (1, 3, 4, 4)

@@ -70,9 +70,9 @@ def combined_scales(w: np.ndarray, s_in: np.ndarray, group: int, per_tensor: boo
     """The stored TNN scale: absmax of the folded weights / 127, per output channel (or one
     over the tensor with ``per_tensor``). With ``steps`` (float-space weight steps from a table)
     and a per-tensor input scale the result is ``steps * s_in`` instead, honouring the table's
-    weight method."""
+    weight method (also when a per-channel blob scale repeats one value)."""
     s_in = np.asarray(s_in, dtype=np.float64).reshape(-1)
-    if steps is not None and s_in.size == 1:
+    if steps is not None and np.all(s_in == s_in[0]):  # one input scale (maybe repeated)
         steps = np.asarray(steps, dtype=np.float64).reshape(-1)
         return (steps * s_in[0]).astype(np.float32)
     folded = np.abs(fold_input_scale(w, s_in, group))

@@ -61,7 +61,7 @@ def _blob_scales(ctx, table, used_blobs, fc_blobs):
 
 def _decide(ctx, table, scales):
     """Mark layers Quantized (forward), then share ReLU/max-Pooling scales (backward)."""
-    producer = {}
+    producer, floats = {}, []
     for layer in ctx.layers:
         blobs = layer.inputs + layer.outputs
         have = all(b in scales for b in blobs)
@@ -70,8 +70,7 @@ def _decide(ctx, table, scales):
             if table.is_quantized(info["node"].name):
                 layer.quantized = have
                 if not have:
-                    log.step(f"warning: TNN layer '{layer.name}' stays float: no scale for "
-                             f"{', '.join(b for b in blobs if b not in scales)}")
+                    floats.append(layer.name)
         elif layer.type in ("Add", "Concat") and layer.name not in ctx.resources:
             layer.quantized = have and len(layer.inputs) >= (2 if layer.type == "Add" else 1)
         elif layer.type == "ReLU" or (layer.type == "Pooling" and layer.params[0] == "0"):
@@ -79,6 +78,10 @@ def _decide(ctx, table, scales):
             layer.quantized = have and prev is not None and prev.quantized
         for blob in layer.outputs:
             producer[blob] = layer
+    if floats:
+        log.step(f"warning: {len(floats)} int8 layer(s) stay float in TNN because the table has "
+                 f"no scale for their output: {', '.join(floats[:5])}"
+                 + (" ..." if len(floats) > 5 else ""))
     for layer in reversed(ctx.layers):
         if layer.quantized and layer.type in ("ReLU", "Pooling"):
             scales[layer.inputs[0]] = scales[layer.outputs[0]]

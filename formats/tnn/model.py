@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from ptqconv.formats.tnn.binary import (FLOAT, INT8, MAGIC_V1, MAGIC_V2, MAGICS, Cursor,
-                                        RawBuffer, Writer)
+from ptqconv.formats.tnn.binary import INT8, MAGIC_V2, MAGICS, Cursor, RawBuffer, Writer
 
 MAX_RESOURCES = 10000
 BLOB_SCALE = "BlobScale"
@@ -162,6 +161,3 @@ def render_model(resources: List[Resource]) -> bytes:
                 w.i32(int(value))
     return w.getvalue()
 
-
-__all__ = ["Resource", "ModelFile", "parse_model", "render_model", "MAGIC_V1", "MAGIC_V2",
-           "BLOB_SCALE", "BLOB_SCALE_SUFFIX", "LAYER_IDS", "FLOAT"]

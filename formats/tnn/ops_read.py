@@ -25,6 +25,8 @@ PixelShuffle Expand Cast Power Pow Exp Log Abs Neg Floor Ceil Sqrt Sin Cos Tan A
 Reciprocal Sign Elu Selu LeakyReLU LeakyRelu Softplus Softsign Mish GELU Gelu Erf Not And Or Xor
 Equal Greater Less Where ArgMaxOrArgMin Einsum ScatterND Range ConstantOfShape NonZero TopK
 GridSample RoiAlign Histogram OneHot CumSum Dropout SignedMul BitShift HdrGuide InnerProductV2
+DynamicRangeQuantizedConvolution DynamicRangeQuantizedInnerProduct DynamicRangeQuantizedMatMul
+DynamicRangeQuantizedLSTMONNX DynamicRangeQuantizedGather
 """.split())
 
 
@@ -89,8 +91,8 @@ def _activation(ctx, layer, act, conv_out, out):
     if act == 1:
         ctx.node("Relu", ctx.new_name(layer.name + "_relu"), [conv_out], [out])
     elif act == 2:
-        ctx.node("Clip", ctx.new_name(layer.name + "_relu6"), [conv_out, ctx.scalar(layer.name + "_min", 0.0),
-                                                 ctx.scalar(layer.name + "_max", 6.0)], [out])
+        bounds = [ctx.scalar(layer.name + "_min", 0.0), ctx.scalar(layer.name + "_max", 6.0)]
+        ctx.node("Clip", ctx.new_name(layer.name + "_relu6"), [conv_out] + bounds, [out])
     elif act == 256:  # SIGMOID_MUL (swish)
         sig = ctx.new_name(layer.name + "_sigmoid")
         ctx.node("Sigmoid", sig, [conv_out], [sig])

@@ -56,7 +56,10 @@ class WriteContext:
         return name
 
     def blob(self, tensor: str) -> str:
-        """TNN blob name of IR tensor ``tensor`` (sanitized, unique, stable)."""
+        """TNN blob name of IR tensor ``tensor`` (sanitized, unique, stable). A constant used
+        as a layer's data input cannot be expressed (no constant layers are written)."""
+        if tensor in self.graph.constants and tensor not in self.blob_of:
+            self.problems.append(f"constant '{tensor}' used as a layer input")
         if tensor not in self.blob_of:
             self.blob_of[tensor] = self._unique(tensor, self._used_blobs)
         return self.blob_of[tensor]
