@@ -345,3 +345,59 @@ def test_proto_tokenising_follows_the_tnn_reader():
     v1 = parse_proto('"1 1 1 4206624770 ,"\n"in 1 3 4 4 ,"\n" x ,"\n"x ,"\n" 0 ,"\n', "y",
                      KNOWN_TYPES)
     assert v1.inputs[0].dims == (1, 3, 4, 4)
+
+
+def _v1_raw(values, data_type=FLOAT):
+    """A v1 raw buffer (no dims), as old TNN files store them."""
+    import struct
+    arr = np.asarray(values, {FLOAT: "<f4", HALF: "<f2", INT8: "i1", INT32: "<i4"}[data_type])
+    return struct.pack("<Iii", 0xFABC0002, data_type, arr.nbytes) + arr.tobytes()
+
+
+def _v1_record(type_id, type_str, name, body):
+    import struct
+
+    def s(text):
+        return struct.pack("<i", len(text)) + text.encode()
+    return struct.pack("<i", type_id) + s(type_str) + s(name) + body
+
+
+def test_hand_written_v1_pair_matches_numpy(tmp_path):
+    """Layers the writer never emits (Scale, Caffe Split, SoftmaxCaffe, Upsample to a size,
+    per-channel constant without dims, transposed InnerProduct, fp16 weights) in a v1 file."""
+    import struct
+    rng = np.random.default_rng(3)
+    s, b = rng.uniform(0.5, 2, 2).astype(np.float32), rng.normal(0, 1, 2).astype(np.float32)
+    c = rng.normal(0, 1, 2).astype(np.float32)
+    w = rng.normal(0, 1, (8, 3)).astype(np.float16)  # transposed: [K, N] with K = 2*2*2
+    fb = rng.normal(0, 1, 3).astype(np.float32)
+    proto = ('"1 9 1 4206624770 ,"\n"x 1 2 4 4 ,"\n" stale list ,"\n"prob fc ,"\n" 7 ,"\n'
+             '"Scale sc 1 1 x y 1 1 1 ,"\n'
+             '"Split sp 1 2 y y0 y1 ,"\n'
+             '"Add add 2 1 y0 y1 z ,"\n'
+             '"Mul mulc 1 1 z zc ,"\n'
+             '"Upsample up 1 1 zc u 1 0 0 0 8 8 ,"\n'
+             '"SoftmaxCaffe prob 1 1 u prob 1 ,"\n'
+             '"Pooling pool 1 1 z p 1 2 2 2 2 0 0 ,"\n'
+             '"InnerProduct fc 1 1 p fc 3 1 1 1 ,"\n')
+    records = [
+        _v1_record(16, "Scale", "sc", struct.pack("<i", 2) + b"sc" + struct.pack("<i", 1)
+                   + _v1_raw(s) + _v1_raw(b)),
+        _v1_record(42, "Mul", "mulc", _v1_raw(c)),
+        _v1_record(19, "InnerProduct", "fc", struct.pack("<i", 2) + b"fc" + _v1_raw(w, HALF)
+                   + _v1_raw(fb)),
+    ]
+    model = struct.pack("<Ii", 0xFABC0002, len(records)) + b"".join(records)
+    path = _pair(tmp_path, proto, model, "hand")
+    loaded = read_tnn([path, path[:-9] + ".tnnmodel"])
+    x = rng.normal(0, 1, (1, 2, 4, 4)).astype(np.float32)
+    prob, fc = make_session(loaded.graph).run(["prob", "fc"], {"x": x})
+    y = x * s.reshape(1, 2, 1, 1) + b.reshape(1, 2, 1, 1)
+    z = 2 * y
+    zc = z * c.reshape(1, 2, 1, 1)
+    u = zc.repeat(2, axis=2).repeat(2, axis=3)
+    e = np.exp(u - u.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(prob, e / e.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+    p = z.reshape(1, 2, 2, 2, 2, 2).mean(axis=(3, 5))
+    np.testing.assert_allclose(fc, p.reshape(1, 8) @ w.astype(np.float32) + fb, rtol=1e-4,
+                               atol=1e-5)
