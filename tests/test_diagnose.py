@@ -203,6 +203,19 @@ def test_auto_mixed_keeps_the_hard_layer_float_and_writers_honour_it(hard, tmp_p
     assert re.search(r"\| conv_b \| sensitivity rank 1: .*per-tensor depthwise weights", text)
 
 
+def test_ncnn_int8_writer_keeps_auto_mixed_float_layers_float(hard, tmp_path):
+    model, imgs, cfg = hard
+    cfg.update({"to": "ncnn-int8", "output": str(tmp_path / "m.param")})
+    cfg["quantize"]["auto_mixed"] = {"metric": "sqnr", "budget": 30.0, "max_float": 0.4}
+    result = ptqconv.convert(cfg)
+    assert result.table.float_layers() == ["conv_b"]
+    lines = (tmp_path / "m.param").read_text().splitlines()[2:]
+    layers = {ln.split()[1]: ln.split() for ln in lines}
+    int8 = {name: any(f.startswith("8=") for f in fields) for name, fields in layers.items()
+            if fields[0] in ("Convolution", "ConvolutionDepthWise", "InnerProduct")}
+    assert int8 == {"conv_a": True, "conv_b": False, "conv_c": True, "conv_d": True, "fc": True}
+
+
 def test_auto_mixed_top1_uses_labels_and_held_aside_inputs(hard, tmp_path):
     model, imgs, cfg = hard
     graph = from_onnx(onnx.load(model))

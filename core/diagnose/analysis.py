@@ -20,6 +20,7 @@ from ptqconv.core.calibrate import collect_stats
 from ptqconv.core.diagnose.metrics import summarize_error
 from ptqconv.core.diagnose.probes import ERROR_PARTS, ProbeGraph
 from ptqconv.core.diagnose.weights import WeightRange, is_depthwise, weight_ranges
+from ptqconv.core.errors import PtqconvError
 from ptqconv.core.qtable import INT8, QuantTable
 
 
@@ -62,6 +63,7 @@ class Diagnosis:
     agreement: Optional[float]           # top-1 agreement int8 vs fp32
     top1: Optional[Dict[str, float]]     # {"fp32": %, "int8": %} with labels
     stats: Dict[str, object] = field(default_factory=dict)
+    sources: str = ""                    # which inputs were used, for the report
     passes: int = 0
     seconds: float = 0.0
     mixed: Optional[object] = None       # an automix.MixedResult when auto_mixed ran
@@ -92,19 +94,32 @@ def agreement(a, b) -> float:
     return float(np.mean(np.asarray(a) == np.asarray(b))) if len(a) else 1.0
 
 
+def float_outputs(graph) -> List[str]:
+    """The model outputs with a floating-point (or unknown) element type."""
+    return [t.name for t in graph.outputs if t.dtype in ("float32", "float16", "float64", None)]
+
+
+def require_float_output(graph) -> None:
+    """Raise unless the model has a floating-point output to compare."""
+    if not float_outputs(graph):
+        raise PtqconvError(f"graph '{graph.name}' has no floating-point output to compare "
+                           f"fp32 and int8 on")
+
+
 def output_probes(pg: ProbeGraph, graph, mapping, tag) -> None:
-    """Error probes between every model output and its copy, plus the first output's arg-max."""
-    for out in graph.output_names():
+    """Error probes between every float model output and its copy, plus the first one's
+    arg-max (a classifier's top-1)."""
+    outs = float_outputs(graph)
+    for out in outs:
         if out in mapping:
             pg.error((tag, out), out, mapping[out])
-    first = graph.output_names()[0]
-    if first in mapping:
-        pg.argmax((tag, "argmax"), mapping[first])
+    if outs and outs[0] in mapping:
+        pg.argmax((tag, "argmax"), mapping[outs[0]])
 
 
 def output_error(results, graph, tag):
     """(summary of all outputs' error, arg-max array) of the probes :func:`output_probes` added."""
-    parts = [results[(tag, o)] for o in graph.output_names() if (tag, o) in results]
+    parts = [results[(tag, o)] for o in float_outputs(graph) if (tag, o) in results]
     summary = summarize_error(combine(parts)) if parts else None
     arg = results.get((tag, "argmax"), {}).get("argmax")
     return summary, arg
@@ -115,6 +130,7 @@ def diagnose(graph, table: QuantTable, data, threads: int = 0, sensitivity: bool
     """Diagnose ``table`` on ``graph`` over ``data`` (a CalibrationData with batch size 1);
     ``labels`` (class per input) adds top-1 accuracy. Two streamed passes."""
     t0 = time.perf_counter()
+    require_float_output(graph)
     layers = quantized_layers(graph, table)
     acts = list(dict.fromkeys(n.inputs[0] for n in layers))
     log.step(f"diagnosis: {len(layers)} int8 layer(s) on {len(data)} input(s)")

@@ -33,7 +33,8 @@ import numpy as np
 
 from ptqconv.core import log
 from ptqconv.core.data import CalibrationData
-from ptqconv.core.diagnose.analysis import output_error, output_probes, quantized_layers
+from ptqconv.core.diagnose.analysis import (output_error, output_probes, quantized_layers,
+                                             require_float_output)
 from ptqconv.core.diagnose.explain import explain
 from ptqconv.core.diagnose.probes import ProbeGraph
 from ptqconv.core.diagnose.weights import weight_ranges
@@ -169,6 +170,7 @@ def auto_mixed(graph, table: QuantTable, data, metric: str, budget: float,
         raise PtqconvError("auto_mixed with metric top1 needs a label for every held-aside input "
                            "(set calibration.labels)")
     t0 = time.perf_counter()
+    require_float_output(graph)
     layers = quantized_layers(graph, table)
     cap = min(len(layers), int(math.floor(max_float * len(layers) + 1e-9)))
     rank_data = data if len(data) <= rank_inputs else CalibrationData(

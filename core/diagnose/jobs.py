@@ -110,6 +110,9 @@ def diagnose_and_report(cfg, graph, table, sources, path: str, sensitivity: bool
     name = os.path.basename(cfg.input[0]) if cfg.input else graph.name
     diag = diagnose(graph, table, input_data(graph, cfg, sources), cfg.calibration.threads,
                     sensitivity, labels, name)
+    files = sources[0]
+    diag.sources = (f"{len(files)} input(s), {os.path.basename(files[0])} ... "
+                    f"{os.path.basename(files[-1])}" if len(files) > 1 else files[0])
     if "auto_mixed" in table.meta:
         diag.mixed = MixedResult.from_meta(table.meta["auto_mixed"])
     written = write_report(diag, path)

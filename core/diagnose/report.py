@@ -141,8 +141,9 @@ NOTES = ["own: the layer quantized alone on its fp32 input, compared at its outp
          "the same tensor in the fully quantized model (errors of earlier layers included).",
          "output SQNR alone: model output when only this layer is int8 (the ranking key); share: "
          "its output noise energy over the all-int8 model's.",
-         "overflow: fraction of input values whose code saturates (MNN's 'overflow ratio'); "
-         "clipped: fraction beyond the threshold by more than half a step.",
+         "overflow: fraction of the layer's input values (fp32 model) whose code saturates "
+         "(MNN's 'overflow ratio'); clipped: fraction beyond the threshold by more than half a "
+         "step.",
          "channel weight SQNR: median over output channels of each channel's weight SQNR, with "
          "the table's steps and with per-channel absmax steps.",
          "SQNR = 10 log10(sum x^2 / sum (x - x_q)^2) over all inputs; cosine is averaged per "
@@ -157,8 +158,8 @@ def build(diag, images) -> list:
               ("p", f"Table: {meta.get('method', '?')} activations, {meta.get('weights', '?')} "
                     f"{meta.get('weight_method', '')} weights, backend {meta.get('backend', '?')}; "
                     f"{len(diag.layers)} int8 layer(s), {len(floats)} float. Measured on "
-                    f"{diag.inputs} input(s) in {diag.passes} streamed pass(es), "
-                    f"{diag.seconds:.1f}s.")]
+                    f"{diag.sources or f'{diag.inputs} input(s)'} in {diag.passes} streamed "
+                    f"pass(es), {diag.seconds:.1f}s.")]
     blocks += _output_block(diag)
     if diag.layers:
         blocks += _responsible_block(diag)
