@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from ptqconv.core.errors import PtqconvError
+from ptqconv.core.errors import ModelFormatError, PtqconvError
 from ptqconv.core.ir.graph import Graph, Node, TensorInfo
 from ptqconv.formats.tmfile.container import parse_tmfile
 from ptqconv.formats.tmfile.reader import convert_model
@@ -75,10 +75,15 @@ def test_small_file_is_valid():
                                                "FullyConnected"]
 
 
+CLI_CASES = ("truncated", "root_past_end", "negative_node_count", "operator_cycle",
+             "unknown_op_type", "buffer_past_end")
+
+
 def test_malformed_files_through_the_cli(tmp_path):
     cases = corruptions(small_tmfile())
     procs = {}
-    for name, data in cases.items():
+    for name in CLI_CASES:
+        data = cases[name]
         src = tmp_path / f"{name}.tmfile"
         src.write_bytes(data)
         out = tmp_path / f"{name}.onnx"
@@ -100,9 +105,13 @@ def test_error_messages_say_what_is_wrong():
     expected = {"operator_cycle": "cycle", "vector_cycle": "cycle",
                 "unknown_op_type": "unknown operator type 200",
                 "huge_tensor_count": "more than the file can hold",
-                "negative_dims": "negative dims", "truncated": "past the end"}
+                "negative_node_count": "more than the file can hold",
+                "negative_dims": "negative dims", "truncated": "past the end",
+                "root_past_end": "past the end", "buffer_past_end": "past the end",
+                "empty": "too small"}
+    assert set(expected) == set(cases)
     for name, words in expected.items():
-        with pytest.raises(PtqconvError, match=words):
+        with pytest.raises(ModelFormatError, match=rf"{name}\.tmfile \(offset \d+\): .*{words}"):
             convert_model(parse_tmfile(cases[name], f"{name}.tmfile"), f"{name}.tmfile")
 
 

@@ -20,7 +20,7 @@ from ptqconv.core.numeric import quantize_bias, quantize_weights, round_half_awa
 from ptqconv.core.qtable import ActQuant, QuantTable
 from ptqconv.formats.tmfile import schema as S
 from ptqconv.formats.tmfile.container import TmModel
-from ptqconv.formats.tmfile.write_ops import QuantLayer
+from ptqconv.formats.tmfile.write_ops import QuantLayer, TmSpec, WriteContext
 
 # quant_tool's "inplace" ops: their output scale is given back to their input (tmfile.md §12.1).
 INPLACE = frozenset({"Flatten", "Reshape", "Squeeze", "Clip", "Slice", "MaxPool", "GlobalMaxPool",
@@ -62,9 +62,12 @@ def to_file_type(aq: ActQuant, quant: str) -> ActQuant:
     return ActQuant(t / 127.0, 0, 8, True, t)
 
 
-def file_activations(graph: Graph, table: QuantTable, quant: str) -> Dict[str, ActQuant]:
+def file_activations(graph: Graph, table: QuantTable, quant: str,
+                     specs: Optional[List[TmSpec]] = None) -> Dict[str, ActQuant]:
     """Every activation's quantization as written to the file: the table's, converted to the
-    file's type, then completed with quant_tool's propagation rules (missing entries only)."""
+    file's type, then completed with quant_tool's propagation rules (missing entries only).
+    ``specs`` (the tm nodes being written) let a ReLU/ReLU6/Clip the writer split off a layer
+    give its scale back to the layer's output, as quant_tool's in-place rule does."""
     acts = {k: to_file_type(v, quant) for k, v in table.activations.items() if v.scale > 0}
     consumers = graph.consumers()
     softmax = ActQuant(1 / 127.0, 0, 8, True) if quant == "int8" else ActQuant(1 / 255.0, 0, 8,
@@ -92,6 +95,11 @@ def file_activations(graph: Graph, table: QuantTable, quant: str) -> Dict[str, A
             if node.op in PASS_THROUGH and node.inputs[0] in acts:
                 for o in node.outputs:
                     give(o, acts[node.inputs[0]])
+    for spec in specs or []:
+        if spec.op in ("ReLU6", "Clip") or (spec.op == "ReLU" and
+                                             not (spec.params or {}).get("negative_slope")):
+            if spec.inputs[0] not in acts and spec.outputs[0] in acts:
+                acts[spec.inputs[0]] = acts[spec.outputs[0]]
     return acts
 
 
@@ -127,15 +135,18 @@ def _uint8_weights(name: str, w: np.ndarray, table: QuantTable):
     return np.clip(q, 0, 255).astype(np.uint8), float(scale), zp
 
 
-def quantize_model(model: TmModel, consts: Dict[str, np.ndarray], layers: List[QuantLayer],
-                   graph: Graph, table: QuantTable, quant: str) -> None:
-    """Rewrite ``model``'s tensors in place as quant_tool lays out an int8/uint8 model."""
-    acts = file_activations(graph, table, quant)
+def quantize_model(model: TmModel, ctx: WriteContext, table: QuantTable, quant: str) -> None:
+    """Rewrite ``model``'s tensors in place as quant_tool lays out an int8/uint8 model (``ctx``
+    is the context that built it: graph, constants in tm layout, layers)."""
+    graph, consts, layers = ctx.graph, ctx.consts, ctx.layers
+    acts = file_activations(graph, table, quant, ctx.specs)
     converted = sum(1 for a in table.activations.values() if a.scale > 0 and
                     (a.signed if quant == "uint8" else not a.signed or a.zero_point))
     if converted:
-        log.step(f"tmfile-{quant}: {converted} activation(s) of the table re-expressed as "
-                 f"{'asymmetric uint8' if quant == 'uint8' else 'signed int8 (Tengine int8 has no unsigned codes; calibrate with quantize.unsigned_activations: false to choose thresholds for them)'}")
+        how = "asymmetric uint8" if quant == "uint8" else (
+            "signed int8 (Tengine's int8 has no unsigned codes; calibrate with "
+            "quantize.unsigned_activations: false to choose thresholds for signed codes)")
+        log.step(f"tmfile-{quant}: {converted} activation(s) of the table re-expressed as {how}")
     index = {t.name: k for k, t in enumerate(model.tensors)}
     act_type = S.INT8 if quant == "int8" else S.UINT8
     missing = []

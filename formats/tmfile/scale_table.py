@@ -11,9 +11,12 @@ import math
 from ptqconv.core import log
 from ptqconv.core.atomic import write_text_atomic
 from ptqconv.core.errors import PtqconvError
+from ptqconv.core.passes import fuse_activation
 from ptqconv.core.qtable import INT8, ActQuant, QuantTable
 from ptqconv.core.quantize import plan_layers, weight_scales
+from ptqconv.formats.tmfile import schema as S
 from ptqconv.formats.tmfile.quant import file_activations, table_quant_type
+from ptqconv.formats.tmfile.writer import build_model
 
 BACKEND = "tengine-cpu"
 
@@ -25,12 +28,25 @@ def _tensor_order(graph):
     return names
 
 
+def _file_activations(table: QuantTable, graph):
+    """(activations, tensor order) of the tmfile ptqconv would write for ``graph``: fused
+    activations drop the tensor before them, split-off ones add one. Falls back to the graph's
+    tensors when the graph cannot be written as a tmfile."""
+    quant = table_quant_type(table)
+    try:
+        model, ctx = build_model(fuse_activation(graph.copy()))
+    except PtqconvError:
+        return file_activations(graph, table, quant), _tensor_order(graph)
+    order = [t.name for t in model.tensors if t.type in (S.T_VAR, S.T_INPUT)]
+    return file_activations(ctx.graph, table, quant, ctx.specs), order
+
+
 def write_scale_table(table: QuantTable, graph, path: str) -> None:
     """Write ``table``'s activations (completed as the tmfile writer completes them) in
-    Tengine's line format, in tensor order."""
-    acts = file_activations(graph, table, table_quant_type(table))
+    Tengine's line format, in the tensor order of the tmfile."""
+    acts, order = _file_activations(table, graph)
     lines = []
-    for name in _tensor_order(graph):
+    for name in order:
         if name not in acts:
             continue
         if any(ch.isspace() for ch in name) or not name:

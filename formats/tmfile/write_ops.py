@@ -303,6 +303,9 @@ def write_conv(ctx, node):
                   group=group, activation=code, pad_h0=pads[0], pad_w0=pads[1], pad_h1=pads[2],
                   pad_w1=pads[3])
     bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
+    if bias is not None and ctx.const(bias) is None:
+        ctx.skip(node, "non-constant bias")
+        return
     ctx.emit(node.name, "Convolution", params, [node.inputs[0], node.inputs[1]] +
              ([bias] if bias else []), [out])
     ctx.layers.append(QuantLayer(node.name, "conv", node.inputs[0], node.inputs[1],
@@ -333,6 +336,9 @@ def write_deconv(ctx, node):
                   dilation_w=dilations[1], group=group, activation=code,
                   output_pad_h0=out_pad[0], output_pad_w0=out_pad[1])
     bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
+    if bias is not None and ctx.const(bias) is None:
+        ctx.skip(node, "non-constant bias")
+        return
     ctx.emit(node.name, "Deconvolution", params, [node.inputs[0], node.inputs[1]] +
              ([bias] if bias else []), [out])
     ctx.layers.append(QuantLayer(node.name, "deconv", node.inputs[0], node.inputs[1],

@@ -38,8 +38,7 @@ def tmfile_bytes(graph: Graph, table: Optional[QuantTable] = None, options=None,
     """The tmfile bytes of ``graph`` (quantized with ``table`` when given)."""
     model, ctx = build_model(graph, source)
     if table is not None:
-        quantize_model(model, ctx.consts, ctx.layers, graph, table,
-                       table_quant_type(table, options))
+        quantize_model(model, ctx, table, table_quant_type(table, options))
     return serialize_tmfile(model)
 
 
