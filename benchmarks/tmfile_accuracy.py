@@ -2,7 +2,8 @@
 
 Run from the project root (needs ../shared/data; 3-6 minutes on 2 cores):
 
-    python benchmarks/tmfile_accuracy.py [--method kl] [--threads 2] [--also-default] [--compare-onnx]
+    python benchmarks/tmfile_accuracy.py [--method kl] [--threads 2] [--also-default] \
+        [--compare-onnx]
 
 Steps, each a real ``ptqconv`` command in a subprocess:
   1. MobileNetV2 ONNX -> ``tmfile-int8``, calibrated on the first 100 sorted shared images with
@@ -136,7 +137,8 @@ def main(argv=None) -> int:
     print(f"{'model':42s} {'top-1':>7s} {'lost':>7s} {'convert s':>10s}")
     for name, acc, secs in rows:
         lost = "" if secs is None else f"{100 * (base - acc):.2f}"
-        print(f"{name:42s} {100 * acc:6.2f}% {lost:>7s} {'' if secs is None else f'{secs:.1f}':>10s}")
+        took = "" if secs is None else f"{secs:.1f}"
+        print(f"{name:42s} {100 * acc:6.2f}% {lost:>7s} {took:>10s}")
     print(f"files in {work}")
     return 0
 

@@ -1,4 +1,4 @@
-"""tmfile through the CLI: calibrate to tmfile-int8 with Tengine's .scale table saved, load it back."""
+"""tmfile through the CLI: calibrate to tmfile-int8 saving Tengine's .scale table, load it back."""
 import re
 import subprocess
 import sys

@@ -1,4 +1,4 @@
-"""Reading Tengine's golden tmfiles: structure, onnxruntime runs, MNIST digits, exact quant params."""
+"""Reading Tengine's golden tmfiles: structure, onnxruntime runs, MNIST digits, quant params."""
 import struct
 
 import numpy as np
@@ -135,7 +135,8 @@ def test_int8_golden_quant_params_come_back_exactly(name):
     assert acts and all(v[1] == 2 and len(v[2]) == 1 for v in acts.values())
     for tensor, (_, _, params) in acts.items():
         aq = table.activations[tensor]
-        assert (aq.zero_point, np.float32(aq.scale), aq.signed) == (params[0][0], params[0][1], True)
+        assert (aq.zero_point, np.float32(aq.scale), aq.signed) == \
+            (params[0][0], params[0][1], True)
     assert table.weights
     for weight, wq in table.weights.items():
         ttype, dtype, params = raw[weight]

@@ -11,7 +11,7 @@ from conftest import shared_path
 from ptqconv.core.ir.graph import Graph, Node, TensorInfo
 from ptqconv.core.numeric import QuantSpec, act_from_range, round_half_away
 from ptqconv.core.passes import canonicalize, fuse_activation
-from ptqconv.core.qtable import INT8, ActQuant, QuantTable, WeightQuant
+from ptqconv.core.qtable import INT8, QuantTable, WeightQuant
 from ptqconv.core.runtime import make_session
 from ptqconv.formats.onnx.qdq import insert_qdq
 from ptqconv.formats.tmfile.container import parse_tmfile
@@ -71,8 +71,9 @@ def synthetic_graph():
                   nearest_mode="floor")),
         Node("Pad", "pad15", ["z14", const("pads15", np.array([0, 0, 1, 1, 0, 0, 1, 1])),
                               const("v15", f32(0))], ["q15"], dict(mode="constant")),
-        Node("Slice", "slice16", ["q15", const("st16", np.array([1])), const("en16", np.array([17])),
-                                  const("ax16", np.array([2]))], ["e16"]),
+        Node("Slice", "slice16", ["q15", const("st16", np.array([1])),
+                                  const("en16", np.array([17])), const("ax16", np.array([2]))],
+             ["e16"]),
         Node("Split", "split17", ["e16", const("sp17", np.array([2, 2]))], ["sa", "sb"],
              dict(axis=1)),
         Node("Sub", "sub18", ["sa", "sb"], ["o18"]),

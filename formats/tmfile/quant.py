@@ -72,29 +72,29 @@ def file_activations(graph: Graph, table: QuantTable, quant: str,
     consumers = graph.consumers()
     softmax = ActQuant(1 / 127.0, 0, 8, True) if quant == "int8" else ActQuant(1 / 255.0, 0, 8,
                                                                                False)
+
+    def give(tensor, aq) -> bool:
+        if not tensor or tensor in acts or tensor in graph.constants or aq is None:
+            return False
+        acts[tensor] = aq
+        return True
+
     changed = True
-    while changed:
+    while changed:  # each pass only adds entries, so this ends
         changed = False
-
-        def give(tensor, aq):
-            nonlocal changed
-            if tensor and tensor not in acts and tensor not in graph.constants and aq is not None:
-                acts[tensor] = aq
-                changed = True
-
         for node in reversed(graph.nodes):
             if node.op == "Softmax":
-                give(node.outputs[0], softmax)
+                changed |= give(node.outputs[0], softmax)
             out = acts.get(node.outputs[0])
             if node.op in INPLACE and len(consumers.get(node.inputs[0], [])) <= 1:
-                give(node.inputs[0], out)
+                changed |= give(node.inputs[0], out)
             if node.op in ELTWISE_SUM:
                 for i in node.inputs:
-                    give(i, out)
+                    changed |= give(i, out)
         for node in graph.nodes:
             if node.op in PASS_THROUGH and node.inputs[0] in acts:
                 for o in node.outputs:
-                    give(o, acts[node.inputs[0]])
+                    changed |= give(o, acts[node.inputs[0]])
     for spec in specs or []:
         if spec.op in ("ReLU6", "Clip") or (spec.op == "ReLU" and
                                              not (spec.params or {}).get("negative_slope")):

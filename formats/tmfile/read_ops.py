@@ -23,7 +23,8 @@ MAX_RANK = 8
 class ReadContext:
     """State shared by the op readers: tensor names, constants, emitted nodes, tensor ranks."""
 
-    def __init__(self, model: TmModel, path: str, names: List[str], constants: Dict[str, np.ndarray]):
+    def __init__(self, model: TmModel, path: str, names: List[str],
+                 constants: Dict[str, np.ndarray]):
         self.model, self.path = model, path
         self.names = names  # IR name of each tm tensor
         self.constants = constants
@@ -215,7 +216,8 @@ def read_pool(ctx, node):
     if p["global"]:
         ctx.emit("GlobalMaxPool" if p["alg"] == 0 else "GlobalAveragePool", node.name, [x], [out])
         return
-    attrs = dict(kernel_shape=[p["kernel_h"], p["kernel_w"]], strides=[p["stride_h"], p["stride_w"]],
+    attrs = dict(kernel_shape=[p["kernel_h"], p["kernel_w"]],
+                 strides=[p["stride_h"], p["stride_w"]],
                  pads=[p["pad_h0"], p["pad_w0"], p["pad_h1"], p["pad_w1"]],
                  ceil_mode=1 if p["caffe_flavor"] else 0)
     if p["alg"] == 1:
@@ -520,7 +522,8 @@ def read_batchnorm(ctx, node):
         for k in (3, 4):
             value = ctx.constants.get(inputs[k])
             if value is not None:
-                inputs[k] = ctx.add_const(f"{inputs[k]}_rescaled", (value / factor).astype(np.float32))
+                inputs[k] = ctx.add_const(f"{inputs[k]}_rescaled",
+                                          (value / factor).astype(np.float32))
     ctx.emit("BatchNormalization", node.name, inputs, [ctx.out(node)],
              epsilon=float(p.get("eps", 1e-5)))
     _same_rank(ctx, node)

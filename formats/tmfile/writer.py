@@ -65,7 +65,8 @@ def _const_tensor(name: str, value: np.ndarray, source: str) -> TmTensor:
     elif value.dtype == np.float16:
         dtype, data = S.FP16, array_bytes(value, "<f2")
     elif value.dtype in (np.int64, np.int32, np.int16, np.uint8, np.int8, np.bool_):
-        if value.size and (value.min() < np.iinfo(np.int32).min or value.max() > np.iinfo(np.int32).max):
+        info = np.iinfo(np.int32)
+        if value.size and (value.min() < info.min or value.max() > info.max):
             raise PtqconvError(f"{source}: constant '{name}' does not fit in int32")
         dtype, data = S.INT32, array_bytes(value, "<i4")
     else:
