@@ -145,3 +145,85 @@ def test_int8_golden_quant_params_come_back_exactly(name):
     bias = table.meta["tmfile"]["bias"]
     for tensor, params in bias.items():
         assert [(z, np.float32(s)) for s, z in params] == raw[tensor][2]
+
+
+# ---- reader ops the goldens do not use, against numpy references ----------------------------
+
+def hand_made_model():
+    """A tm2 model built field by field: input x[1,2,4,4] through ops absent from the goldens."""
+    from ptqconv.formats.tmfile import schema as S
+    from ptqconv.formats.tmfile.container import TmModel, TmNode, TmTensor
+
+    tensors, nodes = [], []
+
+    def tensor(name, kind=S.T_VAR, value=None, dims=None):
+        data = None if value is None else np.ascontiguousarray(value, "<f4").tobytes()
+        tensors.append(TmTensor(name, kind, S.FP32, list(value.shape) if value is not None
+                                else dims, [], data))
+        return len(tensors) - 1
+
+    def node(op, params, inputs, outputs):
+        nodes.append(TmNode(f"n{len(nodes)}_{op}", op, params, inputs, outputs))
+
+    f32 = np.float32
+    x = tensor("x", S.T_INPUT, dims=[1, 2, 4, 4])
+    node("InputOp", None, [], [x])
+    gamma = tensor("gamma", S.T_CONST, np.array([2, -1], f32))
+    node("Const", None, [], [gamma])
+    beta = tensor("beta", S.T_CONST, np.array([0.5, 1], f32))
+    node("Const", None, [], [beta])
+    slope = tensor("slope", S.T_CONST, np.array([0.1, 0.2], f32))
+    node("Const", None, [], [slope])
+    stats = [tensor(n, S.T_CONST, np.array(v, f32)) for n, v in
+             (("g", [1, 2]), ("b", [0, 1]), ("mean", [2, 4]), ("var", [8, 2]))]
+    for k in stats:
+        node("Const", None, [], [k])
+    outs = {}
+
+    def op(name, tm_op, params, inputs, n_out=1):
+        ids = [tensor(f"{name}_{k}" if n_out > 1 else name) for k in range(n_out)]
+        node(tm_op, params, inputs, ids)
+        outs[name] = ids
+        return ids[0]
+
+    op("permute", "Permute", dict(flag=0, order0=0, order1=2, order2=3, order3=1), [x])
+    op("upsample", "Upsample", dict(scale=2.0), [x])
+    op("scale", "Scale", dict(axis=1, num_axes=1, bias_term=1), [x, gamma, beta])
+    op("copy", "Split", dict(axis=0, split_dim=0, is_caffe=1, is_onnx=0, split_sizes=None), [x], 2)
+    op("slices", "Slice", dict(axis=1, slice_points=[1], begins=None, sizes=None, iscaffe=1,
+                               ismxnet=0, isonnx=0, begin=0, end=0, step=1), [x], 2)
+    op("drop", "Dropout", None, [x])
+    op("relu6", "ReLU6", None, [x])
+    op("prelu", "PReLU", None, [x, slope])
+    op("bn", "BatchNormalization", dict(rescale_factor=2.0, eps=0.0, caffe_flavor=1),
+       [x] + stats)
+    op("max", "Eltwise", dict(type=6, caffe_flavor=0), [x, outs["relu6"][0]])
+    op("prod", "Eltwise", dict(type=0, caffe_flavor=0), [x, outs["drop"][0]])
+    outputs = [k for k, n in enumerate(nodes) if n.op not in ("Const", "InputOp")]
+    return TmModel(nodes, tensors, [1], outputs)
+
+
+def test_reader_ops_against_numpy():
+    from ptqconv.formats.tmfile.container import parse_tmfile, serialize_tmfile
+    from ptqconv.formats.tmfile.reader import convert_model
+
+    data = serialize_tmfile(hand_made_model())
+    graph = convert_model(parse_tmfile(data, "hand.tmfile"), "hand.tmfile").graph
+    x = np.random.default_rng(4).standard_normal((1, 2, 4, 4)).astype(np.float32) * 4
+    got = dict(zip(graph.output_names(), make_session(graph, threads=1).run(None, {"x": x})))
+    c = lambda v: np.array(v, np.float32).reshape(1, -1, 1, 1)  # noqa: E731
+    relu6 = np.clip(x, 0, 6)
+    expected = {
+        "permute": x.transpose(0, 2, 3, 1),
+        "upsample": x.repeat(2, axis=2).repeat(2, axis=3),
+        "scale": x * c([2, -1]) + c([0.5, 1]),
+        "copy_0": x, "copy_1": x, "slices_0": x[:, :1], "slices_1": x[:, 1:],
+        "drop": x, "relu6": relu6,
+        "prelu": np.where(x > 0, x, x * c([0.1, 0.2])),
+        # Caffe BatchNorm stores mean and variance times the moving-average factor (2 here)
+        "bn": (x - c([1, 2])) / np.sqrt(c([4, 1])) * c([1, 2]) + c([0, 1]),
+        "max": np.maximum(x, relu6), "prod": x * x,
+    }
+    assert sorted(got) == sorted(expected)
+    for name, want in expected.items():
+        np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-5, err_msg=name)
