@@ -73,6 +73,7 @@ def convert_model(model: TmModel, path: str) -> LoadedModel:
     constants = {names[k]: dequantize(t, path) for k, t in enumerate(model.tensors)
                  if t.type == S.T_CONST}
     ctx = ReadContext(model, path, names, constants)
+    _check_order(model, ctx)
     inputs = []
     for node in model.nodes:
         if node.op == "InputOp":
@@ -109,6 +110,20 @@ def convert_model(model: TmModel, path: str) -> LoadedModel:
     except PtqconvError as exc:
         raise ModelFormatError(path, None, str(exc)) from None
     return LoadedModel(graph, _table(model, names, graph, ctx.derived))
+
+
+def _check_order(model: TmModel, ctx: ReadContext) -> None:
+    """Every tensor is produced by exactly one node, before any node reads it."""
+    produced = set()
+    for node in model.nodes:
+        for k in node.inputs:
+            if k not in produced:
+                raise ctx.error(node, f"reads tensor {k} ('{ctx.names[k]}') before any node "
+                                      f"produces it")
+        for k in node.outputs:
+            if k in produced:
+                raise ctx.error(node, f"produces tensor {k} ('{ctx.names[k]}') a second time")
+            produced.add(k)
 
 
 def _tensor_names(tensors: List[TmTensor]) -> List[str]:
