@@ -34,6 +34,40 @@ def mse_threshold(values, counts, absmax: float, qmax: int, candidates: int = MS
     return float(ts[best]), float(err[best])
 
 
+def _row_errors(x, t, qmax, p):
+    """Quantization errors ``[rows, K]`` of rows ``x`` ``[rows, n]`` at thresholds ``t``."""
+    s = np.where(t > 0, t / qmax, 1.0)[:, :, None].astype(x.dtype)
+    xq = s * np.clip(round_half_away(x[:, None, :] / s), -qmax, qmax)
+    err = np.abs(x[:, None, :] - xq)
+    return (err * err if p == 2 else err ** p).sum(axis=2)
+
+
+def row_mse_thresholds(rows, qmax: int, candidates: int = MSE_CANDIDATES, p: float = 2.0,
+                       stride: int = 5, chunk_elements: int = 1 << 22) -> np.ndarray:
+    """:func:`mse_threshold` for every row of ``rows`` (2-D, raw values, float32 arithmetic):
+    first every ``stride``-th candidate, then every candidate within ``stride`` of the best one
+    (the error is nearly unimodal in T; ``stride=1`` searches them all). Ties keep the larger
+    T. Returns one T per row (0 for a row of zeros)."""
+    rows = np.asarray(rows, dtype=np.float32)
+    n_rows = rows.shape[0]
+    absmax = np.abs(rows).max(axis=1) if rows.size else np.zeros(n_rows, np.float32)
+    out = np.zeros(n_rows)
+    frac = np.arange(1, candidates + 1) / candidates
+    coarse = np.arange(candidates - 1, -1, -stride)[::-1]          # always includes k = K
+    per_row = max(len(coarse), 2 * stride + 1) * max(rows.shape[1], 1)
+    step = max(1, chunk_elements // per_row)
+    for lo in range(0, n_rows, step):
+        x, a = rows[lo:lo + step], absmax[lo:lo + step, None]
+        err = _row_errors(x, a * frac[coarse][None, :], qmax, p)
+        centre = coarse[len(coarse) - 1 - np.argmin(err[:, ::-1], axis=1)]
+        window = np.clip(centre[:, None] + np.arange(-stride, stride + 1)[None, :], 0,
+                         candidates - 1)
+        err = _row_errors(x, a * frac[window], qmax, p)
+        pick = window[np.arange(len(x)), window.shape[1] - 1 - np.argmin(err[:, ::-1], axis=1)]
+        out[lo:lo + step] = absmax[lo:lo + step] * frac[pick]
+    return out
+
+
 def percentile_threshold(stats, percentile: float = DEFAULT_PERCENTILE) -> float:
     """``|x|`` value at which the cumulative count reaches ``percentile``% of all values (exact
     zeros included), interpolated linearly inside the histogram bin, clamped to [0, absmax]."""

@@ -1,4 +1,6 @@
-"""Built-in weight quantizers (specs/algorithms.md §3): ``minmax`` (max-abs) and ``admm``.
+"""Built-in weight quantizers (specs/algorithms.md §3): ``minmax`` (max-abs), ``admm`` and
+``mse`` (per-row clipping search minimizing the weight quantization error, §2.8 applied to
+weights).
 
 Both return one step per output channel (``axis``) or one for the whole tensor (``axis`` None);
 codes are ``clamp(round_half_away(w / step), -clamp, clamp)`` (``core.numeric.quantize_weights``).
@@ -15,6 +17,7 @@ from ptqconv.core.errors import PtqconvError
 from ptqconv.core.hookspecs import hookimpl
 from ptqconv.core.records import WeightQuantizer
 from ptqconv.plugins.calibrators.admm import WEIGHT_INIT, WEIGHT_ITERS, admm_steps
+from ptqconv.plugins.calibrators.search import MSE_CANDIDATES, row_mse_thresholds
 
 ADMM_EPS = 1e-9
 
@@ -71,9 +74,22 @@ def admm_scales(w, axis, bits, params):
     return steps.astype(np.float64)
 
 
+def mse_scales(w, axis, bits, params):
+    """Per row, the clipping threshold among ``absmax * k / candidates`` (k = 1..candidates,
+    params ``candidates``, default 100; ``p``, default 2) minimizing ``sum |w - fq(w)|^p``;
+    step = threshold / clamp. Useful below 8 bits, where clipping the largest weights pays."""
+    rows = channel_rows(np.asarray(w, dtype=np.float64), axis)
+    clamp = weight_clamp(bits, params)
+    t = row_mse_thresholds(rows, clamp, int(params.get("candidates", MSE_CANDIDATES)),
+                           float(params.get("p", 2)))
+    return t / clamp
+
+
 @hookimpl
 def register_weight_quantizers(register):
     register(WeightQuantizer("minmax", absmax_scales, "max-abs per channel or per tensor "
                              "(params: weight_clamp_value)"))
     register(WeightQuantizer("admm", admm_scales, "MNN/TNN ADMM step fixed point per channel or "
                              "per tensor (params: weight_clamp_value, admm_iterations)"))
+    register(WeightQuantizer("mse", mse_scales, "per-channel or per-tensor clipping search "
+                             "minimizing the weight quantization error (params: candidates, p)"))
