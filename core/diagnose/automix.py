@@ -75,6 +75,7 @@ class MixedResult:
     seconds: float = 0.0
     baseline: Optional[float] = None     # fp32 top-1 (%) on the held-aside inputs
     total_noise: Optional[float] = None  # all-int8 output noise energy
+    note: str = ""
 
     @property
     def met(self) -> bool:
@@ -91,7 +92,7 @@ class MixedResult:
                             None if t.bound is None else float(t.bound), t.detail]
                            for t in self.trials],
                 "passes": self.passes, "inputs": self.inputs, "seconds": round(self.seconds, 2),
-                "baseline": self.baseline, "total_noise": self.total_noise}
+                "baseline": self.baseline, "total_noise": self.total_noise, "note": self.note}
 
     @classmethod
     def from_meta(cls, meta: dict) -> "MixedResult":
@@ -102,7 +103,8 @@ class MixedResult:
                    [Trial(int(t[0]), float(t[1]), bool(t[2]), *t[3:5])
                     for t in meta.get("trials", [])],
                    int(meta.get("passes", 0)), int(meta.get("inputs", 0)),
-                   float(meta.get("seconds", 0.0)), meta.get("baseline"), meta.get("total_noise"))
+                   float(meta.get("seconds", 0.0)), meta.get("baseline"), meta.get("total_noise"),
+                   meta.get("note", ""))
 
     def value_text(self, value: float) -> str:
         """A metric value with its unit."""
@@ -204,8 +206,13 @@ def auto_mixed(graph, table: QuantTable, data, metric: str, budget: float,
         lo, hi = 0, cap
         if cap == 0 or not trial(cap):
             best = cap
-            log.step(f"warning: mixed precision: the budget ({result.budget_text()}) is not met "
-                     f"with {cap} float layer(s) (raise quantize.auto_mixed.max_float)")
+            result.note = f"the budget is not met with {cap} float layer(s), the most the " \
+                          f"search may keep (quantize.auto_mixed.max_float)"
+            if metric == "top1" and 100.0 / len(data) > budget:
+                result.note += f"; {len(data)} held-aside images resolve {100.0 / len(data):.2g} " \
+                               f"points per image, coarser than the budget: any image flipping " \
+                               f"between right and wrong exceeds it (hold more images aside)"
+            log.step(f"warning: mixed precision: {result.note}")
         else:
             while hi - lo > 1:
                 mid = (lo + hi) // 2

@@ -8,7 +8,8 @@ from ptqconv.core import log
 from ptqconv.core.atomic import check_not_input
 from ptqconv.core.config import load_config
 from ptqconv.core.data import list_samples
-from ptqconv.core.diagnose.jobs import REPORT_INPUTS, calibration_sources, diagnose_and_report
+from ptqconv.core.diagnose.jobs import (REPORT_INPUTS, calibration_sources, diagnose_and_report,
+                                        labels_path)
 from ptqconv.core.errors import PtqconvError
 from ptqconv.core.plugins import get_registry
 
@@ -88,5 +89,5 @@ def run_diagnose(argv) -> int:
     table = job_table(registry, cfg, graph, loaded, backend, quant)
     sources = evaluation_sources(cfg, args.data, args.skip, args.count)
     diagnose_and_report(cfg, graph, table, sources, args.report, not args.no_sensitivity,
-                        args.rows, args.labels)
+                        args.rows, args.labels or labels_path(cfg, args.data))
     return 0

@@ -8,6 +8,13 @@ from typing import List, Optional
 from ptqconv.core.diagnose.weights import STARVED, WeightRange
 
 CLIP_NOTE = 1e-3   # more than 0.1 % of the input clipped is worth a mention
+STARVED_NOTE = 0.05  # per-tensor weights fail visibly when 5 % of the channels starve
+WEIGHT_GAP_DB = 6.0  # per-channel steps would gain more than 1 bit
+
+
+def starves(w: Optional[WeightRange]) -> bool:
+    """True when per-tensor weights leave a visible share of the channels with few codes."""
+    return w is not None and w.per_tensor and len(w.starved) >= STARVED_NOTE * w.channels
 
 
 def db(value: float) -> str:
@@ -20,12 +27,12 @@ def weight_reasons(w: Optional[WeightRange]) -> List[str]:
     if w is None:
         return []
     kind = "depthwise " if w.depthwise else ""
-    if w.per_tensor and w.starved:
+    if starves(w):
         return [f"per-tensor {kind}weights with channel ranges {w.spread:.1f}x apart: "
                 f"{len(w.starved)} of {w.channels} channels get fewer than {STARVED} of 127 codes "
                 f"(median channel weight SQNR {db(w.sqnr_table)}; per-channel steps would "
                 f"give {db(w.sqnr_per_channel)})"]
-    if w.sqnr_per_channel - w.sqnr_table > 6.0:
+    if w.sqnr_per_channel - w.sqnr_table > WEIGHT_GAP_DB:
         return [f"{kind}median channel weight SQNR {db(w.sqnr_table)} where per-channel "
                 f"steps give {db(w.sqnr_per_channel)}"]
     return []

@@ -8,7 +8,7 @@ from typing import List
 
 from ptqconv.core.atomic import atomic_outputs
 from ptqconv.core.diagnose import plots
-from ptqconv.core.diagnose.explain import explain, db
+from ptqconv.core.diagnose.explain import db, explain, starves
 from ptqconv.core.diagnose.render import html_document, markdown, text_table
 from ptqconv.core.qtable import FLOAT
 
@@ -93,8 +93,7 @@ def _responsible_block(diag):
     items = [f"{r.name} ({kind(r)}): " + explain(r.sensitivity, diag.final["noise"], r.weights,
                                                   r.overflow, r.clipped) for r in worst]
     dw = sum(r.depthwise for r in worst)
-    wide = sum(1 for r in worst if r.weights is not None and r.weights.per_tensor
-               and r.weights.starved)
+    wide = sum(1 for r in worst if starves(r.weights))
     summary = (f"The {len(worst)} most sensitive layers (each quantized alone, the others fp32) "
                f"include {dw} depthwise convolution(s); {wide} have per-tensor weights whose "
                f"channel ranges are far apart.")
@@ -112,7 +111,7 @@ def _mixed_block(m):
                     f"{kept} ({100 * kept / max(m.layers, 1):.1f}%) stay int8; the budget is "
                     f"{'met' if m.met else 'NOT met'}."
                     + (f" fp32 top-1 on these inputs: {m.baseline:.2f}%." if m.baseline is not None
-                       else ""))]
+                       else "") + (f" Note: {m.note}" if m.note else ""))]
     blocks.append(("table", ["float layers", "measured", "within budget", "detail"],
                    [[t.floats, m.value_text(t.value), "yes" if t.met else "no", t.detail or "-"]
                     for t in m.trials]))
