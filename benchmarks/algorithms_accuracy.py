@@ -80,9 +80,11 @@ def configurations():
         rows.append((f"{m} + cosine check, 4-bit weights (w4a8) + bias corr.",
                      {"calibration.method": m, "quantize.weight_bits": 4,
                       "quantize.bias_correction": True}))
-    rows.append(("kl + cosine check, 4-bit admm weights (w4a8) + bias corr.",
-                 {"quantize.weight_bits": 4, "quantize.weight_method": "admm",
-                  "quantize.bias_correction": True}))
+    for wm in ("admm", "mse"):
+        rows.append((f"kl + cosine check, 4-bit {wm} weights (w4a8) + bias corr.",
+                     {"quantize.weight_bits": 4, "quantize.weight_method": wm,
+                      "quantize.bias_correction": True}))
+    rows.append(("kl + cosine check, mse weights (8-bit)", {"quantize.weight_method": "mse"}))
     return rows
 
 
