@@ -2,13 +2,15 @@
 
 Run from the project root (needs ../shared/data; about 3-6 minutes on 2 cores):
 
-    python benchmarks/tnn_accuracy.py [--method kl] [--weights per-channel per-tensor]
-                                      [--compare-onnx] [--golden] [--threads 2] [--keep DIR]
+    python benchmarks/tnn_accuracy.py [--method kl] [--weights per-channel mix per-tensor]
+                                      [--bias-correction] [--compare-onnx] [--golden]
+                                      [--threads 2] [--keep DIR]
 
 Steps, each a real ``ptqconv`` command in a subprocess:
   1. MobileNetV2 ONNX -> ``tnn-int8`` calibrated on the first 100 sorted shared images
      (configs/mobilenet_v2_onnx_int8.yaml: torchvision preprocessing), once per weight merge type
-     (``--weights``: per-channel = TNN's default layout, mix, per-tensor);
+     (``--weights``: per-channel = TNN's default layout, mix, per-tensor), and with
+     ``--bias-correction`` once more with ``quantize.bias_correction: true``;
   2. each .tnnproto/.tnnmodel read back -> ``onnx-int8`` (QDQ) with the table stored in the TNN
      files (``ptqconv --from tnn --to onnx-int8 -i x.tnnproto -o y.onnx``);
   3. ``--compare-onnx``: ptqconv's own ``onnx-int8`` with the same settings, once with its default
@@ -53,9 +55,9 @@ def ptqconv(*args: str) -> float:
     return time.perf_counter() - t
 
 
-def signed_config(work: str) -> str:
-    """The MobileNetV2 config with ``unsigned_activations: false`` (int8 codes everywhere, as
-    TNN runs them), written into ``work`` with absolute paths."""
+def derived_config(work: str, name: str, **quantize) -> str:
+    """The MobileNetV2 config with extra ``quantize:`` keys, written into ``work`` with
+    absolute paths; returns its path."""
     import yaml
     with open(CONFIG, encoding="utf-8") as f:
         cfg = yaml.safe_load(f)
@@ -63,8 +65,8 @@ def signed_config(work: str) -> str:
     cfg["input"] = os.path.normpath(os.path.join(base, cfg["input"]))
     cfg["calibration"]["data"] = os.path.normpath(os.path.join(base, cfg["calibration"]["data"]))
     cfg.pop("output", None)
-    cfg.setdefault("quantize", {})["unsigned_activations"] = False
-    path = os.path.join(work, "signed.yaml")
+    cfg.setdefault("quantize", {}).update(quantize)
+    path = os.path.join(work, f"{name}.yaml")
     with open(path, "w", encoding="utf-8") as f:
         yaml.safe_dump(cfg, f)
     return path
@@ -87,6 +89,8 @@ def main(argv=None) -> int:
     p.add_argument("--method", default="kl", help="calibration method (default kl)")
     p.add_argument("--weights", nargs="+", default=["per-channel", "per-tensor"],
                    choices=["per-channel", "mix", "per-tensor"], help="TNN merge types to run")
+    p.add_argument("--bias-correction", action="store_true",
+                   help="also run each merge type with quantize.bias_correction: true")
     p.add_argument("--compare-onnx", action="store_true",
                    help="also quantize straight to onnx-int8 (uint8 default and signed-only)")
     p.add_argument("--golden", action="store_true", help="also evaluate TNN's golden int8 model")
@@ -98,20 +102,25 @@ def main(argv=None) -> int:
             raise SystemExit(f"missing {path}")
     work = args.keep or tempfile.mkdtemp(prefix="ptqconv_tnn_")
     os.makedirs(work, exist_ok=True)
-    common = ["-c", CONFIG, "--method", args.method, "--count", str(CALIB_COUNT), "--threads",
-              str(args.threads)]
+    common = ["--method", args.method, "--count", str(CALIB_COUNT), "--threads", str(args.threads)]
     rows = [("fp32 ONNX (onnxruntime)", top1(MODEL), None)]
+    variants = [("", CONFIG)]
+    if args.bias_correction:
+        variants.append((" + bias corr.", derived_config(work, "bias_correction",
+                                                        bias_correction=True)))
     for merge in args.weights:
-        tnn = os.path.join(work, f"mobilenet_v2_{merge}.tnnproto")
-        back = os.path.join(work, f"from_tnn_{merge}.onnx")
-        t1 = ptqconv(*common, "--weights", merge, "--to", "tnn-int8", "-o", tnn)
-        t2 = ptqconv("--from", "tnn", "--to", "onnx-int8", "-i", tnn, "-o", back)
-        rows.append((f"tnn-int8 {merge} -> read back -> QDQ", top1(back), t1 + t2))
+        for suffix, cfg in variants:
+            tag = f"{merge}{'_bc' if suffix else ''}"
+            tnn = os.path.join(work, f"mobilenet_v2_{tag}.tnnproto")
+            back = os.path.join(work, f"from_tnn_{tag}.onnx")
+            t1 = ptqconv("-c", cfg, *common, "--weights", merge, "--to", "tnn-int8", "-o", tnn)
+            t2 = ptqconv("--from", "tnn", "--to", "onnx-int8", "-i", tnn, "-o", back)
+            rows.append((f"tnn-int8 {merge}{suffix} -> read back -> QDQ", top1(back), t1 + t2))
     if args.compare_onnx:
-        for label, cfg in (("uint8 where >= 0", CONFIG), ("signed only", signed_config(work))):
+        signed = derived_config(work, "signed", unsigned_activations=False)
+        for label, cfg in (("uint8 where >= 0", CONFIG), ("signed only", signed)):
             direct = os.path.join(work, f"direct_{label.split()[0]}.onnx")
-            t3 = ptqconv("-c", cfg, "--method", args.method, "--count", str(CALIB_COUNT),
-                         "--threads", str(args.threads), "--to", "onnx-int8", "-o", direct)
+            t3 = ptqconv("-c", cfg, *common, "--to", "onnx-int8", "-o", direct)
             rows.append((f"ptqconv onnx-int8, {label}", top1(direct), t3))
     base = rows[0][1]
     n = 500 - CALIB_COUNT

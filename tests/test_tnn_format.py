@@ -37,6 +37,7 @@ def coverage_graph() -> Graph:
         "addc": _c(rng, 1, 8, 1, 1), "mulc": np.array(1.5, np.float32),
         "subc": _c(rng, 8, 1, 1), "divc": np.array(2.0, np.float32),
         "lo": np.array(0.0, np.float32), "hi": np.array(6.0, np.float32),
+        "minc": np.array(0.8, np.float32),
         "clo": np.array(-1.0, np.float32), "chi": np.array(2.5, np.float32),
         "bn_s": rng.uniform(0.5, 1.5, 16).astype(np.float32), "bn_b": _c(rng, 16),
         "bn_m": _c(rng, 16), "bn_v": rng.uniform(0.5, 1.5, 16).astype(np.float32),
@@ -81,7 +82,8 @@ def coverage_graph() -> Graph:
         N("Transpose", "perm", ["sp0"], ["tr"], {"perm": [0, 2, 3, 1]}),
         N("Transpose", "perm_back", ["tr"], ["tb"], {"perm": [0, 3, 1, 2]}),
         N("Max", "max", ["tb", "tb"], ["mx"]),
-        N("Reshape", "reshape", ["mx", "shape"], ["rs"]),
+        N("Min", "minc", ["mx", "minc"], ["mn"]),
+        N("Reshape", "reshape", ["mn", "shape"], ["rs"]),
         N("Softmax", "softmax", ["rs"], ["out_a"], {"axis": 1}),
         N("Concat", "cat2", ["sp1", "sp0"], ["cat2"], {"axis": 1}),
         N("GlobalAveragePool", "gap", ["cat2"], ["gap"]),
@@ -127,7 +129,8 @@ def test_every_mapped_op_round_trips_through_onnxruntime(tmp_path):
     paths = _write(graph, None, tmp_path)
     text = open(paths[0]).read()
     for layer in ("Convolution", "Clip", "Deconvolution", "PReLU", "HardSwish", "Pad ", "SplitV",
-                  "Permute", "Upsample", "BatchNormCxx", "InnerProduct", "Softmax", "Maximum"):
+                  "Permute", "Upsample", "BatchNormCxx", "InnerProduct", "Softmax", "Maximum",
+                  "Minimum"):
         assert layer in text, layer
     assert ' 1 -1 1 1 2 ,"' in text  # ReLU6 fused into conv1 as activation_type 2
     loaded = read_tnn(paths)

@@ -267,7 +267,9 @@ BINARY = {"Add": "Add", "Sub": "Sub", "Mul": "Mul", "Div": "Div", "Max": "Maximu
 
 
 def write_binary(ctx, node):
-    """Add/Sub/Mul/Div (one operand may be constant) and two-input Max/Min."""
+    """Add/Sub/Mul/Div/Max/Min of two blobs, or of a blob and a constant (a resource; the
+    Maximum/Minimum record header carries type id 0, which TNN resolves by the type string as
+    its ONNX converter writes it)."""
     kind = BINARY[node.op]
     if len(node.inputs) != 2:
         ctx.unsupported(node, f"{len(node.inputs)} inputs")
@@ -278,8 +280,8 @@ def write_binary(ctx, node):
     if consts[0] is None and consts[1] is None:
         ctx.layer(kind, name, [ctx.blob(i) for i in node.inputs], [out], ["1"], node)
         return
-    if node.op in ("Max", "Min") or (consts[0] is not None and consts[1] is not None):
-        ctx.unsupported(node, "constant operand")
+    if consts[0] is not None and consts[1] is not None:
+        ctx.unsupported(node, "two constant operands")
         return
     index = 0 if consts[0] is not None else 1
     value = consts[index].astype(np.float32)
