@@ -23,9 +23,9 @@ from typing import Dict, List
 from ptqconv.core.errors import PtqconvError, did_you_mean
 from ptqconv.core.hookspecs import hookimpl
 from ptqconv.core.records import Command
-from ptqconv.plugins.dialects.common import (PRINT_CONFIG, QUIET, DialectParser, Unsupported,
-                                             absolute, parse_int, prune, resolve, run_or_print,
-                                             take_flags)
+from ptqconv.plugins.dialects.common import (SWITCHES, SWITCH_HELP, DialectParser, Unsupported,
+                                             absolute, apply_policy, parse_int, prune, resolve,
+                                             run_or_print, take_flags)
 
 TOOL = "converter_lite"
 FMK = {"ONNX": "onnx", "MNN": "mnn", "PYTORCH": "torchscript", "NCNN": "ncnn",
@@ -50,8 +50,7 @@ def parser() -> DialectParser:
                       description="MindSpore Lite converter_lite on ptqconv. There is no .ms "
                                   "writer: --to chooses the ptqconv writer (default onnx; with "
                                   "--quantType=PostTraining its -int8 variant).",
-                      epilog="ptqconv switches: --print-config prints the equivalent ptqconv "
-                             "YAML and exits; -q hides the step log.")
+                      epilog=SWITCH_HELP)
     p.add_argument("--fmk", required=True, help="source model type: ONNX, MNN, PYTORCH "
                    "(TorchScript), or ptqconv's NCNN, TMFILE, TNN; MS/MINDIR/TF/TFLITE/CAFFE have "
                    "no ptqconv reader")
@@ -202,7 +201,7 @@ def _quant_config(cfg_path: str, reader: str, model: str, quantize: dict) -> dic
     if count <= 0:
         raise PtqconvError(f"{cfg_path}: batch_count must be greater than 0")
     calibration = {"data": folders[0] if len(folders) == 1 else folders, "count": count,
-                   "method": method, "refine": "none"}
+                   "method": method}
     if method == "percentile":
         calibration["params"] = {"percentile": OUTLIER_PERCENTILE}
     if "thread_num" in cfg:
@@ -218,8 +217,8 @@ def _quant_config(cfg_path: str, reader: str, model: str, quantize: dict) -> dic
 
 def run(argv) -> int:
     """``ptqconv converter_lite ...``: see :mod:`ptqconv.plugins.dialects.mindspore`."""
-    rest, flags = take_flags(argv, PRINT_CONFIG, *QUIET)
-    config = config_from_args(parser().parse_args(rest))
+    rest, flags = take_flags(argv, *SWITCHES)
+    config = apply_policy(config_from_args(parser().parse_args(rest)), flags)
     if run_or_print(config, [TOOL] + list(argv), flags) is not None:
         print("CONVERT RESULT SUCCESS:0")
     return 0

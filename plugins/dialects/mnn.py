@@ -17,11 +17,11 @@ from typing import List
 from ptqconv.core.errors import PtqconvError, did_you_mean
 from ptqconv.core.hookspecs import hookimpl
 from ptqconv.core.records import Command
-from ptqconv.plugins.dialects.common import (PRINT_CONFIG, QUIET, absolute, prune, resolve,
-                                             run_or_print, take_flags)
+from ptqconv.plugins.dialects.common import (SWITCHES, SWITCH_HELP, absolute, apply_policy, prune,
+                                             resolve, run_or_print, take_flags)
 
 TOOL = "quantized"
-USAGE = "quantized origin.mnn quan.mnn config.json [--print-config] [-q]"
+USAGE = "quantized origin.mnn quan.mnn config.json [--print-config] [--seed-exact] [-q]"
 FEATURE_METHODS = {"KL": "kl-mnn", "ADMM": "admm", "EMA": "ema"}
 WEIGHT_METHODS = {"MAX_ABS": "minmax", "ADMM": "admm"}
 FORMATS = {"RGB": "RGB", "BGR": "BGR", "RGBA": "RGBA", "BGRA": "BGRA", "GRAY": "GRAY"}
@@ -48,9 +48,7 @@ HELP = f"""usage: ptqconv {USAGE}
 
 MNN offline quantization on ptqconv: origin.mnn (float) -> quan.mnn (int8, as MNN's tool writes
 it). JSON keys:
-""" + "".join(f"  {k:<24}{v}\n" for k, v in KEYS.items()) + """
-  --print-config   print the equivalent ptqconv YAML and exit
-"""
+""" + "".join(f"  {k:<24}{v}\n" for k, v in KEYS.items()) + "\n" + SWITCH_HELP + "\n"
 
 
 def read_json(path: str) -> dict:
@@ -129,7 +127,7 @@ def build_config(src: str, dst: str, cfg_path: str) -> dict:
     if batch is None and fmethod == "ema":
         batch = EMA_BATCH
     calibration = {"data": folder, "count": count if count and count > 0 else None,
-                   "method": fmethod, "batch_size": batch, "refine": "none"}
+                   "method": fmethod, "batch_size": batch}
     bits = _get(data, "quant_bits", int, cfg_path)
     fclamp, wclamp = _clamp(data, "feature_clamp_value", cfg_path), \
         _clamp(data, "weight_clamp_value", cfg_path)
@@ -169,10 +167,10 @@ def run(argv) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(HELP, end="")
         return 0
-    rest, flags = take_flags(argv, PRINT_CONFIG, *QUIET)
+    rest, flags = take_flags(argv, *SWITCHES)
     if len(rest) != 3:
         raise PtqconvError(f"{TOOL}: expected 3 arguments, got {len(rest)} (usage: {USAGE})")
-    config = build_config(*rest)
+    config = apply_policy(build_config(*rest), flags)
     result = run_or_print(config, [TOOL] + list(argv), flags)
     if result is not None:
         if "report" in config:

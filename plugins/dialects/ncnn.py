@@ -20,9 +20,9 @@ from typing import Dict, List
 from ptqconv.core.errors import PtqconvError
 from ptqconv.core.hookspecs import hookimpl
 from ptqconv.core.records import Command
-from ptqconv.plugins.dialects.common import (PRINT_CONFIG, QUIET, Unsupported, absolute,
-                                             bracket_lists, one_or_list, parse_int, prune,
-                                             resolve, run_or_print, take_flags)
+from ptqconv.plugins.dialects.common import (SWITCHES, SWITCH_HELP, Unsupported, absolute,
+                                             apply_policy, bracket_lists, one_or_list, parse_int,
+                                             prune, resolve, run_or_print, take_flags)
 
 METHODS = {"kl": "kl", "aciq": "aciq", "eq": "eq"}
 PIXELS = {"RGB": "RGB", "BGR": "BGR", "GRAY": "GRAY", "RGBA": "RGBA", "BGRA": "BGRA",
@@ -32,7 +32,7 @@ KEYS = ("mean", "norm", "shape", "pixel", "thread", "method", "type")
 OPTIMIZE_FLAGS = {"0": None, "1": 1, "65536": Unsupported("65536", "fp16 arithmetic hints")}
 
 TABLE_USAGE = ("ncnn2table [ncnnparam] [ncnnbin] [list,...] [ncnntable] [(key=value)...]")
-TABLE_HELP = f"""usage: ptqconv {TABLE_USAGE} [--print-config] [-q]
+TABLE_HELP = f"""usage: ptqconv {TABLE_USAGE} [--print-config] [--seed-exact] [-q]
 
 Calibrate an ncnn model and write ncnn's calibration table (a table-only ptqconv job).
   mean=[104.0,117.0,123.0],...   per input, subtracted from the pixels
@@ -45,22 +45,19 @@ Calibrate an ncnn model and write ncnn's calibration table (a table-only ptqconv
   type=0/1                       0: images (default), 1: .npy tensors (mean/norm/pixel unused)
 Several model inputs: comma-separated list files and one [..] group per input for each key.
 Weights are per-channel max-abs (ncnn's ACIQ weight clipping is not emulated).
-  --print-config   print the equivalent ptqconv YAML and exit
-"""
+""" + SWITCH_HELP + "\n"
 INT8_USAGE = "ncnn2int8 [inparam] [inbin] [outparam] [outbin] [calibration table]"
 INT8_HELP = f"""usage: ptqconv {INT8_USAGE} [--print-config] [-q]
 
 Write the int8 ncnn model from a calibration table (ncnn2table's, ptqconv's or ncnn's own; a
 commented '#layer_param_0' weight line keeps that layer in float).
-  --print-config   print the equivalent ptqconv YAML and exit
-"""
+""" + SWITCH_HELP + "\n"
 OPT_USAGE = "ncnnoptimize [inparam] [inbin] [outparam] [outbin] [flag]"
 OPT_HELP = f"""usage: ptqconv {OPT_USAGE} [--print-config] [-q]
 
 Rewrite an ncnn model with ptqconv's graph passes (BatchNorm folding, activation fusion,
 Identity/Dropout removal). flag 0: fp32 weights, 1: fp16 weight storage.
-  --print-config   print the equivalent ptqconv YAML and exit
-"""
+""" + SWITCH_HELP + "\n"
 
 
 def _per_input(values: Dict[str, list], n: int, key: str):
@@ -105,7 +102,7 @@ def table_config(argv: List[str]) -> dict:
     if file_type not in (0, 1):
         raise PtqconvError(f"ncnn2table: type={file_type} is not 0 (images) or 1 (npy)")
     method = resolve("ncnn2table", "method", opts.get("method", "kl"), METHODS)
-    calibration = {"data": one_or_list(list_files), "method": method, "refine": "none"}
+    calibration = {"data": one_or_list(list_files), "method": method}
     if method == "aciq":
         calibration["params"] = {"clamp": False}  # ncnn does not clamp T to the absmax
     if "thread" in opts:
@@ -181,8 +178,8 @@ def _command(name, builder, help_text):
         if not argv or argv[0] in ("-h", "--help"):
             print(help_text, end="")
             return 0
-        rest, flags = take_flags(argv, PRINT_CONFIG, *QUIET)
-        run_or_print(builder(rest), [name] + list(argv), flags)
+        rest, flags = take_flags(argv, *SWITCHES)
+        run_or_print(apply_policy(builder(rest), flags), [name] + list(argv), flags)
         return 0
     run.__doc__ = f"``ptqconv {name} ...``: see :mod:`ptqconv.plugins.dialects.ncnn`."
     return run

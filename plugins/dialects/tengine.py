@@ -18,9 +18,9 @@ from typing import List
 from ptqconv.core.errors import PtqconvError
 from ptqconv.core.hookspecs import hookimpl
 from ptqconv.core.records import Command
-from ptqconv.plugins.dialects.common import (PRINT_CONFIG, QUIET, DialectParser, Unsupported,
-                                             absolute, flag_value, number_list, prune, resolve,
-                                             run_or_print, take_flags)
+from ptqconv.plugins.dialects.common import (PRINT_CONFIG, SWITCHES, SWITCH_HELP, DialectParser,
+                                             Unsupported, absolute, apply_policy, flag_value,
+                                             number_list, prune, resolve, run_or_print, take_flags)
 
 TOOL = "quant_tool_int8"
 ALGORITHMS = {"0": "minmax", "1": "kl-tengine", "2": "aciq",
@@ -31,6 +31,7 @@ ALGORITHM_LABELS = {"0": ("MIN-MAX", "minmax"), "1": ("KL", "kl"), "2": ("ACIQ",
 DEFAULT_MEAN = [104.0, 117.0, 123.0]
 DEFAULT_SCALE = [1.0, 1.0, 1.0]
 CROP_SHORT_SIDE = 256
+ADDITIONS = {"bias_correction": True}  # ptqconv's, without --seed-exact
 
 
 def parser() -> DialectParser:
@@ -39,8 +40,9 @@ def parser() -> DialectParser:
                       description="Tengine post-training quantization (int8, per-channel, "
                                   "symmetric) on ptqconv. Writes the int8 tmfile and "
                                   "./table_<algorithm>.scale.",
-                      epilog="ptqconv switches: --print-config prints the equivalent ptqconv YAML "
-                             "and exits; -q hides the step log.")
+                      epilog=SWITCH_HELP + " Without --seed-exact ptqconv also corrects the "
+                             "int8 layers' biases (quantize.bias_correction), which suits "
+                             "Tengine's signed int8 activations.")
     p.add_argument("-m", dest="model", help="path to input float32 tmfile")
     p.add_argument("-i", dest="images", help="path to calibration images folder")
     p.add_argument("-o", dest="output", help="path to output int8 tmfile")
@@ -107,7 +109,7 @@ def config_from_args(args) -> dict:
     threads = int(number_list(args.threads, f"{TOOL} -t")[0])
     label = ALGORITHM_LABELS[str(args.algorithm).strip()][1]
     calibration = {"data": absolute(args.images), "method": method, "threads": max(threads, 0),
-                   "refine": "none"}
+}
     if method == "aciq":
         calibration["params"] = {"clamp": False}  # Tengine does not clamp T to the absmax
     config = {"input": absolute(args.model), "from": "tmfile", "to": "tmfile-int8",
@@ -141,10 +143,10 @@ def _banner(args, config) -> None:
 
 def run(argv) -> int:
     """``ptqconv quant_tool_int8 ...``: see :mod:`ptqconv.plugins.dialects.tengine`."""
-    rest, flags = take_flags(argv, PRINT_CONFIG, *QUIET)
+    rest, flags = take_flags(argv, *SWITCHES)
     args = parser().parse_args(rest)
-    config = config_from_args(args)
-    quiet = PRINT_CONFIG in flags or bool(set(QUIET) & flags)
+    config = apply_policy(config_from_args(args), flags, ADDITIONS)
+    quiet = PRINT_CONFIG in flags or bool({"-q", "--quiet"} & flags)
     if not quiet:
         _banner(args, config)
     result = run_or_print(config, [TOOL] + list(argv), flags)

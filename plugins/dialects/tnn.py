@@ -16,9 +16,9 @@ from __future__ import annotations
 from ptqconv.core.errors import PtqconvError
 from ptqconv.core.hookspecs import hookimpl
 from ptqconv.core.records import Command
-from ptqconv.plugins.dialects.common import (PRINT_CONFIG, QUIET, DialectParser, Unsupported,
-                                             absolute, flag_value, number_list, resolve,
-                                             run_or_print, take_flags)
+from ptqconv.plugins.dialects.common import (SWITCHES, SWITCH_HELP, DialectParser, Unsupported,
+                                             absolute, apply_policy, flag_value, number_list,
+                                             resolve, run_or_print, take_flags)
 
 TOOL = "quantization_cmd"
 BLOB_METHODS = {"0": "minmax", "1": Unsupported("ADMM", "TNN itself rejects ADMM for blobs"),
@@ -35,9 +35,7 @@ def parser() -> DialectParser:
     p = DialectParser(prog=f"ptqconv {TOOL}", allow_abbrev=False,
                       description="TNN post-training quantization on ptqconv.",
                       epilog="ptqconv calibrates blob scales per tensor; with -t 0 every channel "
-                             "entry of a blob scale holds the same value. ptqconv switches: "
-                             "--print-config prints the equivalent ptqconv YAML and exits; -q "
-                             "hides the step log.")
+                             "entry of a blob scale holds the same value. " + SWITCH_HELP)
     p.add_argument("-p", "--proto", help="tnnproto model description file (required)")
     p.add_argument("-m", "--model", help="tnnmodel model parameter file (required)")
     p.add_argument("-i", "--input_path", help="folder of quantization inputs: images or .txt "
@@ -67,7 +65,7 @@ def config_from_args(args) -> dict:
     weight = resolve(TOOL, "-w", args.weight_method, WEIGHT_METHODS, kind="weight_quantizers")
     merge = flag_value(args.merge_type, f"{TOOL} -t", tuple(MERGE_TYPES))
     reverse = flag_value(args.reverse_channel, f"{TOOL} -r")
-    calibration = {"data": absolute(args.input_path), "method": blob, "refine": "none"}
+    calibration = {"data": absolute(args.input_path), "method": blob}
     if blob == "aciq":
         calibration["params"] = {"clamp": False, "distribution":
                                  "laplace" if str(args.blob_method).strip() == "5" else "gauss"}
@@ -88,8 +86,8 @@ def config_from_args(args) -> dict:
 
 def run(argv) -> int:
     """``ptqconv quantization_cmd ...``: see :mod:`ptqconv.plugins.dialects.tnn`."""
-    rest, flags = take_flags(argv, PRINT_CONFIG, *QUIET)
-    config = config_from_args(parser().parse_args(rest))
+    rest, flags = take_flags(argv, *SWITCHES)
+    config = apply_policy(config_from_args(parser().parse_args(rest)), flags)
     if run_or_print(config, [TOOL] + list(argv), flags) is not None:
         print("quantize model success!")
     return 0
