@@ -287,8 +287,9 @@ def read_pooling(ctx, layer, p):
         op = "GlobalMaxPool" if ptype == 0 else "GlobalAveragePool"
         if p.i(4, 0):   # global pooling gives a 1-D blob (c)
             mid = ctx.tensor_name(f"{x}_{op.lower()}")
-            ctx.node(op, ctx.node_name(f"{layer.name}_pool"), [x], [mid])
-            ctx.node("Flatten", layer.name, [mid], [ctx.out(layer, 0, 1)], axis=1)
+            ctx.node(op, layer.name, [x], [mid])
+            ctx.node("Flatten", ctx.node_name(f"{layer.name}_flatten"), [mid],
+                     [ctx.out(layer, 0, 1)], axis=1)
         else:
             ctx.node(op, layer.name, [x], [ctx.out(layer, 0, 3)])
         return
