@@ -107,9 +107,9 @@ def non_negative(graph: Graph, tensor: str) -> bool:
 
 def unsigned_where_non_negative(graph: Graph, activations, backend) -> int:
     """Give structurally non-negative tensors unsigned codes [0, 2^bits-1] with zero point 0
-    (still symmetric: the sign bit would be wasted) when ``backend`` runs unsigned activations.
+    (still symmetric: the sign bit would be wasted) when ``backend.unsigned_symmetric``.
     Changes ``activations`` in place; returns how many changed."""
-    if not any(c.unsigned for c in backend.ops.values()):
+    if not backend.unsigned_symmetric:
         return 0
     changed = 0
     for name, aq in activations.items():

@@ -85,6 +85,9 @@ class Backend:
     ops: Dict[str, OpCaps]
     description: str = ""
     quantize_outputs: bool = False  # also give the outputs of quantized ops a scale
+    # its int8 path also runs uint8 codes with zero point 0 (never-negative tensors get the
+    # sign bit back); onnxruntime does, Tengine's int8 tmfile cannot store it
+    unsigned_symmetric: bool = False
 
 
 @dataclass(frozen=True)

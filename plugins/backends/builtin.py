@@ -13,9 +13,11 @@ PER_CHANNEL_OR_TENSOR = ("per-channel", "per-tensor")
 
 
 def _profile(name, description, ops=CONV_FC, weights=PER_CHANNEL_OR_TENSOR,
-             activations=("symmetric",), unsigned=False, outputs=False, bits=(8,)):
+             activations=("symmetric",), unsigned=False, outputs=False, bits=(8,),
+             unsigned_symmetric=False):
     caps = OpCaps(weights=weights, activations=activations, unsigned=unsigned, bits=bits)
-    return Backend(name, {op: caps for op in ops}, description, quantize_outputs=outputs)
+    return Backend(name, {op: caps for op in ops}, description, quantize_outputs=outputs,
+                   unsigned_symmetric=unsigned_symmetric)
 
 
 LOW_BITS = tuple(range(2, 9))
@@ -27,7 +29,7 @@ def register_backends(register):
                       "weights, symmetric activations", bits=LOW_BITS))
     register(_profile("onnxruntime", "onnxruntime QDQ: int8 or uint8 activations (zero point), "
                       "per-channel or per-tensor weights", activations=("symmetric", "asymmetric"),
-                      unsigned=True, bits=LOW_BITS))
+                      unsigned=True, bits=LOW_BITS, unsigned_symmetric=True))
     register(_profile("generic-per-tensor", "per-tensor weights and symmetric activations only",
                       weights=("per-tensor",)))
     register(_profile("ncnn-cpu", "ncnn int8: Convolution, ConvolutionDepthWise, InnerProduct; "
