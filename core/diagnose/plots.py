@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Dict, List
+from typing import Dict
 
 import numpy as np
 

@@ -12,7 +12,7 @@ and input, so memory does not grow with the size of the tensors.
 from __future__ import annotations
 
 import copy
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List
 
 import numpy as np
 
