@@ -1,15 +1,17 @@
-"""Per-layer checks of the ncnn reader (and writer) against the real ncnn runtime.
+"""Per-layer checks of the ncnn reader and writer against the real ncnn runtime.
 
-Each case is a tiny hand-written ncnn model (one or two layers after the Input) with random
-weights. The ncnn pip package runs it; the reader's IR runs on onnxruntime; the outputs must
-agree. The same model is then written back by ptqconv's ncnn writer and run by ncnn again.
+Each case is a tiny hand-written ncnn model (a few layers after the Input) with random weights.
+The ncnn pip package runs it; the reader's IR runs on onnxruntime; the outputs must agree. The IR
+is then written back by ptqconv's ncnn writer and run by ncnn again: same outputs.
 """
 import numpy as np
 import pytest
 
+from ptqconv.core.passes import canonicalize, fuse_activation
 from ptqconv.core.runtime import make_session
 from ptqconv.formats.ncnn.reader import read_ncnn
 from ptqconv.formats.ncnn.weights import BinWriter
+from ptqconv.formats.ncnn.writer import write_ncnn
 
 ncnn = pytest.importorskip("ncnn")
 
@@ -165,6 +167,14 @@ def _compare(a, b, tol=1e-4):
     assert err <= tol * max(1.0, float(np.abs(a).max())), f"max abs diff {err}"
 
 
+def _rewrite(tmp_path, graph, name):
+    """Canonicalize + fuse activations (what the host does) and write with ptqconv's writer."""
+    g = fuse_activation(canonicalize(graph.copy()))
+    out = [str(tmp_path / f"{name}_w.param"), str(tmp_path / f"{name}_w.bin")]
+    write_ncnn(g, None, out, {})
+    return out
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_layer_matches_ncnn(tmp_path, case):
     name, lines, maker, extra = case
@@ -176,6 +186,9 @@ def test_layer_matches_ncnn(tmp_path, case):
     assert len(got) == len(expected)
     for e, g in zip(expected, got):
         _compare(e, g)
+    rewritten = ncnn_runtime(_rewrite(tmp_path, graph, name))(feeds)
+    for e, g in zip(expected, rewritten):
+        _compare(e, g)
 
 
 @pytest.mark.parametrize("order", range(24))
@@ -184,4 +197,6 @@ def test_permute_4d_matches_ncnn(tmp_path, order):
                          (), input_line=IN4D)
     graph = read_ncnn(paths).graph
     feeds = _feeds(graph)
-    _compare(ncnn_runtime(paths)(feeds)[0], make_session(graph).run(None, feeds)[0])
+    expected = ncnn_runtime(paths)(feeds)[0]
+    _compare(expected, make_session(graph).run(None, feeds)[0])
+    _compare(expected, ncnn_runtime(_rewrite(tmp_path, graph, "p"))(feeds)[0])

@@ -85,7 +85,8 @@ def _record_int8(ctx, layer, x: str, w_name: str, steps: np.ndarray, bottom: flo
     if bottom <= 0:
         return
     ctx.table.precision[layer.name] = INT8
-    ctx.table.weights[w_name] = WeightQuant(steps.astype(np.float32), 0, 8)
+    # float64 steps: 1/step gives back ncnn's float32 multipliers exactly when re-written
+    ctx.table.weights[w_name] = WeightQuant(np.asarray(steps, np.float64), 0, 8)
     if x not in ctx.table.activations:
         ctx.table.activations[x] = ActQuant(scale=1.0 / bottom, threshold=127.0 / bottom)
 
