@@ -78,7 +78,8 @@ def _shape_size(shape: List[float], index: int):
     if w == 0 and h == 0:
         return None, channels
     if w <= 0 or h <= 0:
-        raise PtqconvError(f"ncnn2table: shape #{index + 1} has a zero side: {dims}")
+        raise PtqconvError(f"ncnn2table: shape #{index + 1} {dims}: resizing one side with the "
+                           f"aspect ratio kept is not supported; give both w and h, or [0,0]")
     return [h, w], channels
 
 
@@ -86,6 +87,9 @@ def table_config(argv: List[str]) -> dict:
     """The ptqconv config of an ``ncnn2table`` command line (without ptqconv's own switches)."""
     positional = [a for a in argv if "=" not in a]
     pairs = [a for a in argv if "=" in a]
+    if len(positional) == 3:
+        raise PtqconvError("ncnn2table: a weight-only table (no image lists) is not supported; "
+                           f"give the list files (usage: {TABLE_USAGE})")
     if len(positional) != 4:
         raise PtqconvError(f"ncnn2table: expected 4 file arguments, got {len(positional)} "
                            f"(usage: {TABLE_USAGE})")
@@ -112,8 +116,16 @@ def table_config(argv: List[str]) -> dict:
         calibration["threads"] = threads
     config = {"input": [absolute(param), absolute(binary)], "from": "ncnn",
               "backend": "ncnn-cpu", "save_table": absolute(table), "calibration": calibration}
+    shapes = [_shape_size(v, k) for k, v in enumerate(bracket_lists(opts["shape"],
+                                                                      "ncnn2table shape"))] \
+        if "shape" in opts else []
     if file_type == 0:
-        config["preprocess"] = one_or_list(_image_preprocess(opts, n))
+        blocks = _image_preprocess(opts, n)
+        config["preprocess"] = one_or_list(blocks)
+        shapes = [(b.get("size"), CHANNELS[b["pixel"]]) for b in blocks]
+    input_shape = _input_shape(shapes, param)
+    if input_shape:
+        config["options"] = {"input_shape": input_shape}
     return config
 
 
@@ -140,6 +152,31 @@ def _image_preprocess(opts: Dict[str, str], n: int) -> List[dict]:
         blocks.append(prune({"pixel": pixel, "size": size, "mean": values["mean"][k],
                              "norm": values["norm"][k]}))
     return blocks
+
+
+def _input_shape(shapes, param: str):
+    """The reader option ``input_shape`` for the blobs ncnn2table feeds (``1,c,h,w``; by input
+    name when there are several), or None when a size is not fixed."""
+    if not shapes or any(size is None or not c for size, c in shapes):
+        return None
+    dims = [f"1,{c},{size[0]},{size[1]}" for size, c in shapes]
+    if len(dims) == 1:
+        return dims[0]
+    return ";".join(f"{name}:{d}" for name, d in zip(input_blobs(param), dims))
+
+
+def input_blobs(param: str) -> List[str]:
+    """The blobs of an ncnn .param's Input layers, in file order (ncnn2table's list order)."""
+    from ptqconv.formats.ncnn.param import parse_param
+    try:
+        with open(param, "r", encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise PtqconvError(f"{param}: model file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PtqconvError(f"{param}: cannot read: {exc}") from None
+    return [layer.outputs[0] for layer in parse_param(text, param).layers
+            if layer.type == "Input" and layer.outputs]
 
 
 def int8_config(argv: List[str]) -> dict:
