@@ -7,7 +7,9 @@ calibrate, the other 400 evaluate), both run by the ``ncnn`` pip package.
 SqueezeNet 1.1: ``ptqconv --from ncnn --to ncnn-int8 --config configs/squeezenet_ncnn_int8.yaml``
 (caffe-bgr227), fp32 reference = the shared ncnn model. MobileNetV2: ``ptqconv --to ncnn-int8
 --config configs/mobilenet_v2_ncnn_int8.yaml`` (torchvision preprocessing), fp32 reference =
-onnxruntime on the ONNX model (the fp32 ncnn conversion is shown too). Prints a results table.
+onnxruntime on the ONNX model (the fp32 ncnn conversion is shown too). Prints a results table
+with top-1, the drop, top-1 agreement with the fp32 reference and the mean KL divergence of the
+softmax outputs from it (more sensitive than top-1 on 400 images, where one image is 0.25 points).
 """
 from __future__ import annotations
 
@@ -46,14 +48,26 @@ def convert(config: str, output: Path, extra=()):
     return time.perf_counter() - t0
 
 
-def top1(run, items, preprocess, size, input_name):
-    """Fraction of ``items`` whose arg-max equals the label."""
+def predict(run, items, preprocess, size, input_name):
+    """Softmax probabilities (N, classes) of ``run`` on ``items``."""
     from ptqconv.core.data import load_image
-    hits = 0
-    for path, label in items:
-        x = load_image(path, preprocess, size)[None]
-        hits += int(np.argmax(run({input_name: x})[0].reshape(-1)) == label)
-    return hits / len(items)
+    rows = []
+    for path, _ in items:
+        y = np.asarray(run({input_name: load_image(path, preprocess, size)[None]})[0],
+                       np.float64).reshape(-1)
+        if y.min() < 0 or abs(y.sum() - 1.0) > 1e-3:   # logits
+            y = np.exp(y - y.max())
+            y /= y.sum()
+        rows.append(y)
+    return np.stack(rows)
+
+
+def scores(ref, probs, items):
+    """(top-1, top-1 agreement with ``ref``, mean KL(ref || probs)) of ``probs``."""
+    labels = np.array([label for _, label in items])
+    kl = np.mean(np.sum(ref * np.log((ref + 1e-12) / (probs + 1e-12)), axis=1))
+    return (float(np.mean(probs.argmax(1) == labels)),
+            float(np.mean(probs.argmax(1) == ref.argmax(1))), float(kl))
 
 
 def onnx_runner(path, threads):
@@ -72,6 +86,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workdir", default=str(ROOT / "out" / "bench"))
     p.add_argument("--option", action="append", default=[], help="writer option KEY=VALUE")
+    p.add_argument("--squeezenet-config", default="configs/squeezenet_ncnn_int8.yaml")
+    p.add_argument("--mobilenet-config", default="configs/mobilenet_v2_ncnn_int8.yaml")
     args = p.parse_args(argv)
     from ptqconv.core.config import Preprocess
     from ptqconv.formats.ncnn.runtime import ncnn_runtime
@@ -86,36 +102,38 @@ def main(argv=None):
         pre = Preprocess(pixel="BGR", size=[227, 227], mean=[104.0, 117.0, 123.0])
         src = SHARED / "models" / "squeezenet_v1.1" / "squeezenet_v1.1"
         out = work / "squeezenet_v1.1_int8.param"
-        secs = convert("configs/squeezenet_ncnn_int8.yaml", out, extra)
-        fp32 = top1(ncnn_runtime([f"{src}.param", f"{src}.bin"], rt_opts), items, pre,
-                    (227, 227), "data")
-        int8 = top1(ncnn_runtime([str(out), str(out.with_suffix(".bin"))], rt_opts), items, pre,
-                    (227, 227), "data")
-        rows.append(("SqueezeNet 1.1", "ncnn fp32", fp32, int8, secs))
+        secs = convert(args.squeezenet_config, out, extra)
+        ref = predict(ncnn_runtime([f"{src}.param", f"{src}.bin"], rt_opts), items, pre,
+                      (227, 227), "data")
+        q8 = predict(ncnn_runtime([str(out), str(out.with_suffix(".bin"))], rt_opts), items,
+                     pre, (227, 227), "data")
+        rows.append(("SqueezeNet 1.1", "ncnn fp32", scores(ref, ref, items),
+                     scores(ref, q8, items), secs))
     if args.model in ("mobilenet", "all"):
         pre = Preprocess(pixel="RGB", resize_short=256, size=[224, 224],
                          mean=[123.675, 116.28, 103.53], norm=[0.017125, 0.017507, 0.017429])
         onnx_path = SHARED / "models" / "mobilenet_v2" / "mobilenet_v2.onnx"
         out = work / "mobilenet_v2_int8.param"
-        secs = convert("configs/mobilenet_v2_ncnn_int8.yaml", out, extra)
+        secs = convert(args.mobilenet_config, out, extra)
         f32 = work / "mobilenet_v2_fp32.param"
         subprocess.run([sys.executable, "-m", "ptqconv.core.cli", "-q", "--to", "ncnn", "-i",
                         str(onnx_path), "-o", str(f32)], check=True)
-        fp32 = top1(onnx_runner(onnx_path, args.threads), items, pre, (224, 224), "input")
-        fp32_ncnn = top1(ncnn_runtime([str(f32), str(f32.with_suffix(".bin"))], rt_opts), items,
-                         pre, (224, 224), "input")
-        int8 = top1(ncnn_runtime([str(out), str(out.with_suffix(".bin"))], rt_opts), items, pre,
-                    (224, 224), "input")
-        rows.append(("MobileNetV2", "onnxruntime fp32", fp32, int8, secs))
-        rows.append(("MobileNetV2", "ncnn fp32 (converted)", fp32_ncnn, int8, None))
+        ref = predict(onnx_runner(onnx_path, args.threads), items, pre, (224, 224), "input")
+        f32n = predict(ncnn_runtime([str(f32), str(f32.with_suffix(".bin"))], rt_opts), items,
+                       pre, (224, 224), "input")
+        q8 = predict(ncnn_runtime([str(out), str(out.with_suffix(".bin"))], rt_opts), items,
+                     pre, (224, 224), "input")
+        rows.append(("MobileNetV2", "onnxruntime fp32", scores(ref, ref, items),
+                     scores(ref, q8, items), secs))
+        rows.append(("MobileNetV2 (ncnn fp32)", "onnxruntime fp32", scores(ref, ref, items),
+                     scores(ref, f32n, items), None))
     print(f"\n{len(items)} evaluation images (calibration: first {CALIB} sorted images)\n")
-    print(f"| model | fp32 reference | fp32 top-1 | ncnn int8 top-1 | drop (points) | "
-          f"convert s |")
-    print("|---|---|---|---|---|---|")
-    for model, ref, a, b, secs in rows:
-        print(f"| {model} | {ref} | {a:.4f} | {b:.4f} | {100 * (a - b):+.2f} | "
-              f"{'' if secs is None else f'{secs:.1f}'} |")
-
+    print("| model | reference | reference top-1 | converted top-1 | drop (points) | "
+          "agreement with reference | mean KL to reference | convert s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for model, ref_name, (a, _, _), (b, agree, kl), secs in rows:
+        print(f"| {model} | {ref_name} | {a:.4f} | {b:.4f} | {100 * (a - b):+.2f} | "
+              f"{agree:.4f} | {kl:.5f} | {'' if secs is None else f'{secs:.1f}'} |")
 
 if __name__ == "__main__":
     main()

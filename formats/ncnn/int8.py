@@ -31,12 +31,14 @@ class Int8Layer:
     row_multipliers: np.ndarray
     scales: np.ndarray
     input_multiplier: float
+    qmax: int = 127
 
     def codes(self) -> np.ndarray:
-        """int8 weight codes ``clip(round_half_away(w * m), -127, 127)`` in fp32, as ncnn2int8."""
+        """int8 weight codes ``clip(round_half_away(w * m), -qmax, qmax)`` in fp32, as
+        ncnn2int8 computes them (qmax 31 for the 6-bit Winograd layers)."""
         w = self.weight.reshape(self.weight.shape[0], -1).astype(np.float32)
         m = self.row_multipliers.astype(np.float32).reshape(-1, 1)
-        return np.clip(round_half_away(w * m), -127, 127).astype(np.int8)
+        return np.clip(round_half_away(w * m), -self.qmax, self.qmax).astype(np.int8)
 
 
 def ncnn_type(graph, node) -> Optional[str]:
@@ -94,6 +96,27 @@ def row_steps(graph, node, table: Optional[QuantTable], rows: np.ndarray) -> np.
     return steps
 
 
+def six_bit_steps(rows: np.ndarray, steps: np.ndarray, table: Optional[QuantTable]) -> np.ndarray:
+    """Steps that keep every code within ±31: the table's when they already do (a table from
+    ncnn2table), else the job's weight quantizer rerun at 6 bits (``minmax`` gives ncnn2table's
+    ``absmax / 31``)."""
+    n = rows.shape[0]
+    absmax = np.abs(rows.reshape(n, -1)).max(axis=1).astype(np.float64)
+    if np.all(steps * WINOGRAD_QMAX >= absmax * (1 - 1e-6)):
+        return steps
+    method = str((table.meta if table is not None else {}).get("weight_method", "minmax"))
+    try:
+        from ptqconv.core.plugins import get_registry
+        quantizer = get_registry().weight_quantizers.get(method)
+        six = np.asarray(quantizer.quantize(rows, 0, 6, {}), np.float64).reshape(-1) \
+            if quantizer is not None else absmax / WINOGRAD_QMAX
+    except Exception:   # a quantizer that cannot run at 6 bits: fall back to absmax
+        six = absmax / WINOGRAD_QMAX
+    if six.size != n or not np.all(np.isfinite(six)):
+        six = absmax / WINOGRAD_QMAX
+    return six
+
+
 def plan_int8(graph, node, table: Optional[QuantTable], winograd_6bit: bool = True,
               require_activation: bool = True) -> Optional[Int8Layer]:
     """The int8 layout of ``node`` under ``table``, or None when it stays float (not int8 in the
@@ -107,9 +130,9 @@ def plan_int8(graph, node, table: Optional[QuantTable], winograd_6bit: bool = Tr
     rows = weight_rows(graph, node)
     steps = row_steps(graph, node, table, rows)
     n = rows.shape[0]
+    qmax = 127
     if winograd_6bit and is_winograd_conv(node):
-        absmax = np.abs(rows.reshape(n, -1)).max(axis=1).astype(np.float64)
-        steps = np.maximum(steps, absmax / WINOGRAD_QMAX)
+        steps, qmax = six_bit_steps(rows, steps, table), WINOGRAD_QMAX
     if kind == "ConvolutionDepthWise":
         group = int(node.attr("group", 1))
         per_group = steps.reshape(group, -1).max(axis=1)
@@ -119,4 +142,4 @@ def plan_int8(graph, node, table: Optional[QuantTable], winograd_6bit: bool = Tr
         scales = row_m = _inverse(steps)
     bottom = 1.0 / aq.scale if aq is not None and aq.scale > 0 else 0.0
     return Int8Layer(kind, rows, row_m.astype(np.float32), scales.astype(np.float32),
-                     float(np.float32(bottom)))
+                     float(np.float32(bottom)), qmax)
