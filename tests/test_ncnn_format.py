@@ -221,3 +221,48 @@ def test_parse_counts_and_names():
     text = "7767517\n2 2\nInput in 0 1 x\nReLU r 1 1 x y\n"
     pf = parse_param(text, "m.param")
     assert [x.name for x in pf.layers] == ["in", "r"] and pf.blob_count == 2
+
+
+def test_int8_rows_inner_product_round_trip(tmp_path):
+    """MatMul [1,M,K] x [K,N] + bias -> int8 InnerProduct on a 2-D blob (rows); reading it back
+    gives the table and writing it again gives the same .bin."""
+    rng = np.random.default_rng(0)
+    w, b = rng.standard_normal((6, 3)).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+    graph = Graph("t", [TensorInfo("x", "float32", (1, 5, 6))],
+                  [TensorInfo("y", "float32", (1, 5, 3))],
+                  [Node("MatMul", "fc", ["x", "w"], ["t"]), Node("Add", "fc_add", ["t", "b"], ["y"])],
+                  {"w": w, "b": b})
+    graph.infer_shapes()
+    table = QuantTable(activations={"x": ActQuant(scale=1.0 / 127)},
+                       weights={"w": WeightQuant(np.abs(w).max(0) / 127, 1, 8)},
+                       precision={"fc": "int8"})
+    first = [str(tmp_path / "a.param"), str(tmp_path / "a.bin")]
+    write_ncnn(graph, table, first, {})
+    assert "InnerProduct fc" in " ".join(open(first[0]).read().split())
+    x = rng.uniform(-1, 1, (1, 5, 6)).astype(np.float32)
+    y = ncnn_runtime(first)({"x": x})[0].reshape(1, 5, 3)
+    np.testing.assert_allclose(y, x @ w + b, atol=0.05)
+    loaded = read_ncnn(first)
+    assert loaded.table.is_quantized("fc")
+    second = [str(tmp_path / "b.param"), str(tmp_path / "b.bin")]
+    ptqconv.convert({"input": first[0], "from": "ncnn", "to": "ncnn-int8", "output": second[0]})
+    assert open(second[1], "rb").read() == open(first[1], "rb").read()
+
+
+def test_input_without_shape_takes_channels_from_conv_or_option(tmp_path):
+    """pnnx writes ``Input in0 0 1 in0`` with no shape: the rank and channels come from the
+    consuming convolution, or from ``--option input_shape``."""
+    text = ("7767517\n2 2\nInput in0 0 1 in0\n"
+            "Convolution conv 1 1 in0 out0 0=2 1=1 5=0 6=6\n")
+    (tmp_path / "p.param").write_text(text)
+    (tmp_path / "p.bin").write_bytes(b"\0\0\0\0" + np.ones(6, np.float32).tobytes())
+    paths = [str(tmp_path / "p.param"), str(tmp_path / "p.bin")]
+    assert read_ncnn(paths).graph.inputs[0].shape == (1, 3, None, None)
+    shaped = read_ncnn(paths, {"input_shape": "1,3,8,8"}).graph
+    assert shaped.inputs[0].shape == (1, 3, 8, 8)
+    x = np.arange(3 * 8 * 8, dtype=np.float32).reshape(1, 3, 8, 8)
+    out = [str(tmp_path / "q.param"), str(tmp_path / "q.bin")]
+    ptqconv.convert({"input": paths[0], "from": "ncnn", "to": "ncnn", "output": out[0],
+                     "options": {"input_shape": [1, 3, 8, 8]}})
+    np.testing.assert_allclose(ncnn_runtime(out)({"in0": x})[0].reshape(2, 8, 8),
+                               np.broadcast_to(x.sum(axis=1), (1, 2, 8, 8))[0], rtol=1e-5)

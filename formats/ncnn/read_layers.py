@@ -81,12 +81,13 @@ def _channel_shape(rank: int, n: int):
     return (n,) + (1,) * (rank - 1) if rank > 1 else (n,)
 
 
-def _record_int8(ctx, layer, x: str, w_name: str, steps: np.ndarray, bottom: float) -> None:
+def _record_int8(ctx, layer, x: str, w_name: str, steps: np.ndarray, bottom: float,
+                 axis: int = 0) -> None:
     if bottom <= 0:
         return
     ctx.table.precision[layer.name] = INT8
     # float64 steps: 1/step gives back ncnn's float32 multipliers exactly when re-written
-    ctx.table.weights[w_name] = WeightQuant(np.asarray(steps, np.float64), 0, 8)
+    ctx.table.weights[w_name] = WeightQuant(np.asarray(steps, np.float64), axis, 8)
     if x not in ctx.table.activations:
         ctx.table.activations[x] = ActQuant(scale=1.0 / bottom, threshold=127.0 / bottom)
 
@@ -257,13 +258,19 @@ def read_innerproduct(ctx, layer, p):
         if shape[2] == n_in:   # ncnn multiplies each row (even a single one)
             wt = ctx.const(f"{layer.name}_weight_t", np.ascontiguousarray(w.T))
             if steps is not None:
-                ctx.unsupported(layer, "int8 InnerProduct on rows of a 2-D blob is not supported")
+                _record_int8(ctx, layer, x, wt, steps, bottom, axis=1)
             if bias is None:
                 _with_activation(ctx, layer, p, "MatMul", [x, wt], 2)
                 return
             mid = ctx.tensor_name(f"{layer.name}_matmul")
-            ctx.node("MatMul", ctx.node_name(f"{layer.name}_matmul"), [x, wt], [mid])
-            _with_activation(ctx, layer, p, "Add", [mid, ctx.const(f"{layer.name}_bias", bias)], 2)
+            ctx.node("MatMul", layer.name, [x, wt], [mid])
+            out = ctx.out(layer, 0, 2)
+            b = ctx.const(f"{layer.name}_bias", bias)
+            act = p.i(9, 0)
+            summed = ctx.tensor_name(f"{out}_preact") if act else out
+            ctx.node("Add", ctx.node_name(f"{layer.name}_bias"), [mid, b], [summed])
+            if act:
+                _activation(ctx, layer, summed, out, act, p.arr(10))
             return
     if rank != 1:
         flat = ctx.tensor_name(f"{x}_flatten")

@@ -356,11 +356,16 @@ def _graph_outputs(ctx: ReadContext) -> List[TensorInfo]:
     return outputs
 
 
+def load_param_file(path) -> ParamFile:
+    """Read and parse a text ``.param`` (size-limited; binary params are refused)."""
+    return parse_param(_read_text(str(path), MAX_PARAM_BYTES), str(path))
+
+
 def read_ncnn(paths, options=None) -> LoadedModel:
     """Read ``[model.param, model.bin]`` into a :class:`LoadedModel` (graph + table for int8)."""
     param_path = str(paths[0])
     bin_path = str(paths[1]) if len(paths) > 1 else os.path.splitext(param_path)[0] + ".bin"
-    pf = parse_param(_read_text(param_path, MAX_PARAM_BYTES), param_path)
+    pf = load_param_file(param_path)
     binr = BinReader(_read_bytes(bin_path), bin_path)
     return build_graph(pf, binr, options)
 

@@ -9,14 +9,13 @@ from typing import Callable, Dict, List
 import numpy as np
 
 from ptqconv.core.errors import PtqconvError
-from ptqconv.formats.ncnn.param import parse_param
-from ptqconv.formats.ncnn.reader import _read_text, MAX_PARAM_BYTES
+from ptqconv.formats.ncnn.reader import load_param_file
 
 
 def model_io(param_path: str):
     """(input blob names, output blob names) of a text ``.param``: Input layers' blobs, and blobs
     that no layer consumes (Split outputs excluded)."""
-    pf = parse_param(_read_text(param_path, MAX_PARAM_BYTES), param_path)
+    pf = load_param_file(param_path)
     consumed = {b for layer in pf.layers for b in layer.inputs}
     inputs = [b for layer in pf.layers if layer.type == "Input" for b in layer.outputs]
     outputs = [b for layer in pf.layers if layer.type != "Split"
