@@ -126,10 +126,10 @@ def main(argv=None) -> int:
     n = 500 - CALIB_COUNT
     print(f"\nMobileNetV2, {args.method} on the first {CALIB_COUNT} sorted images, top-1 on the "
           f"other {n}")
-    print(f"{'model':44s} {'top-1':>7s} {'drop':>7s} {'convert s':>10s}")
+    print(f"{'model':54s} {'top-1':>7s} {'drop':>7s} {'convert s':>10s}")
     for name, acc, secs in rows:
         drop = "" if name == rows[0][0] else f"{100 * (base - acc):+.2f}"
-        print(f"{name:44s} {100 * acc:6.2f}% {drop:>7s} "
+        print(f"{name:54s} {100 * acc:6.2f}% {drop:>7s} "
               f"{'' if secs is None else f'{secs:.1f}':>10s}")
     if args.golden and os.path.exists(GOLDEN):
         fp = os.path.join(work, "golden_dequantized.onnx")
