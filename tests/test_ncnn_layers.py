@@ -200,3 +200,71 @@ def test_permute_4d_matches_ncnn(tmp_path, order):
     expected = ncnn_runtime(paths)(feeds)[0]
     _compare(expected, make_session(graph).run(None, feeds)[0])
     _compare(expected, ncnn_runtime(_rewrite(tmp_path, graph, "p"))(feeds)[0])
+
+
+def _onnx_case(tmp_path, nodes, inits, out_shape, opset=13):
+    from onnx import TensorProto, helper, numpy_helper
+    import onnx
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)
+    graph = helper.make_graph(nodes, "g", [x], [y],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+ONNX_CASES = {
+    "se_block": (["ReduceMean:x:m:axes=2,3", "Conv:m,w1,b1:c", "Sigmoid:c:s", "Mul:x,s:y"],
+                 {"w1": (4, 4, 1, 1), "b1": (4,)}, [1, 4, 6, 6]),
+    "resize_split_concat": (["Resize:x,roi,scales:r", "Split:r:p,q:axis=1", "Concat:q,p:y:axis=1"],
+                            {"roi": None, "scales": "1,1,2,2"}, [1, 4, 12, 12]),
+    "squeeze_sum_sub": (["GlobalAveragePool:x:g", "Squeeze:g,ax:s", "Unsqueeze:s,ax:u",
+                         "Sub:k,u:d", "Sum:d,u,g:y"], {"ax": "2,3", "k": (4, 1, 1)},
+                        [1, 4, 1, 1]),
+    "div_transpose_pad": (["Div:x,k:d", "Transpose:d:t:perm=0,2,3,1", "Pad:t,pads:y"],
+                          {"k": (4, 1, 1), "pads": "0,1,0,2,0,0,1,0"}, [1, 7, 7, 6]),
+    "flatten_gemm_t": (["Flatten:x:f:axis=1", "Gemm:f,wt,c:y"], {"wt": (144, 5), "c": (5,)},
+                       [1, 5]),
+}
+
+
+def _build(spec, rng):
+    from onnx import helper
+    nodes, inits = [], {}
+    ops, consts, out_shape = spec
+    for k, item in enumerate(ops):
+        parts = item.split(":")
+        op, ins, outs = parts[0], parts[1].split(","), parts[2].split(",")
+        attrs = {}
+        for a in parts[3:]:
+            key, val = a.split("=")
+            attrs[key] = [int(v) for v in val.split(",")] if "," in val or key in ("axes",
+                                                                                  "perm") \
+                else int(val)
+        nodes.append(helper.make_node(op, ins, outs, name=f"{op.lower()}_{k}", **attrs))
+    for name, v in consts.items():
+        if v is None:
+            inits[name] = np.zeros(0, np.float32)
+        elif isinstance(v, str):
+            vals = [float(t) for t in v.split(",")]
+            dtype = np.float32 if name == "scales" else np.int64
+            inits[name] = np.array(vals, dtype)
+        else:
+            inits[name] = rng.uniform(0.5, 1.5, v).astype(np.float32)
+    return nodes, inits, out_shape
+
+
+@pytest.mark.parametrize("name", sorted(ONNX_CASES))
+def test_onnx_ops_written_for_ncnn(tmp_path, name):
+    import ptqconv
+    from ptqconv.core.runtime import session_from_model
+    import onnx
+    nodes, inits, out_shape = _build(ONNX_CASES[name], np.random.default_rng(0))
+    path = _onnx_case(tmp_path, nodes, inits, out_shape)
+    out = ptqconv.convert({"input": str(path), "to": "ncnn",
+                           "output": str(tmp_path / "m.param")}).outputs
+    x = np.random.default_rng(1).uniform(-2, 2, (1, 4, 6, 6)).astype(np.float32)
+    expected = session_from_model(onnx.load(str(path))).run(None, {"x": x})[0]
+    _compare(expected, ncnn_runtime(out)({"x": x})[0])

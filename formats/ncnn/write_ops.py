@@ -459,6 +459,7 @@ def _chain(ctx, node):
     out_rank = ctx.rank(node.outputs[0])
     for k, x in enumerate(node.inputs[1:], 1):
         dst = node.outputs[0] if k == len(node.inputs) - 1 else ctx.new_blob(f"{node.name}_{k}")
+        ctx.shapes.setdefault(dst, ctx.shapes.get(node.outputs[0]))
         name = ctx.layer_name(node) if k == len(node.inputs) - 1 else ctx.aux_name(node, str(k))
         ctx.add("BinaryOp", name, [_operand(ctx, node, acc, out_rank),
                                    _operand(ctx, node, x, out_rank)], [dst],
@@ -602,9 +603,14 @@ def w_slice(ctx, node):
     """Slice with step 1 -> Crop ``9=starts 10=ends 11=axes`` (ncnn axes)."""
     x = node.inputs[0]
     rank = ctx.rank(x) + 1
-    vals = [ctx.const(t) if len(node.inputs) > k and node.inputs[k] else None
-            for k, t in enumerate(node.inputs[:5] + [""] * 5) if 1 <= k <= 4]
-    starts, ends, axes, steps = [None if v is None else [int(a) for a in np.ravel(v)] for v in vals]
+    def ints(k):   # inputs 1..4: starts, ends, axes, steps (constants; opset >= 10)
+        if len(node.inputs) <= k or not node.inputs[k]:
+            return None
+        v = ctx.const(node.inputs[k])
+        if v is None:
+            raise Unsupported("starts/ends/axes/steps must be constants")
+        return [int(a) for a in np.ravel(v)]
+    starts, ends, axes, steps = (ints(k) for k in range(1, 5))
     if starts is None:
         starts, ends, axes = node.attr("starts"), node.attr("ends"), node.attr("axes")
     if starts is None or ends is None:
