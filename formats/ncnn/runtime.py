@@ -23,11 +23,15 @@ def model_io(param_path: str):
     return inputs, outputs
 
 
+class RuntimeMissing(PtqconvError, ImportError):
+    """The ``ncnn`` package is not installed (an ImportError, so callers can fall back)."""
+
+
 def _import_ncnn():
     try:
         import ncnn  # noqa: F401
     except ImportError:
-        raise PtqconvError("the ncnn runtime is not installed (pip install ncnn)") from None
+        raise RuntimeMissing("the ncnn runtime is not installed (pip install ncnn)") from None
     return ncnn
 
 
