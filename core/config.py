@@ -70,7 +70,9 @@ class Quantize(_Strict):
     activation_clamp: Optional[int] = Field(None, ge=1, le=127)  # largest activation code
     activation_bits: Optional[int] = Field(None, ge=2, le=8)
     skip: List[str] = Field(default_factory=list)
-    bias_correction: bool = False
+    # None = auto: on where the backend's int8 activations are signed-only (ncnn, MNN, TNN,
+    # Tengine), off where never-negative tensors get unsigned codes (onnxruntime)
+    bias_correction: Optional[bool] = None
     equalize: bool = False  # cross-layer equalization pre-pass (core/equalize.py)
     equalize_clip: bool = False  # also through Clip(0, b), rewritten as Relu + per-channel Min
     unsigned_activations: bool = True  # where the backend runs them (onnxruntime, tengine)
