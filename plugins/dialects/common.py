@@ -20,12 +20,12 @@ from ptqconv.core.config import load_config
 from ptqconv.core.errors import PtqconvError, did_you_mean
 
 PRINT_CONFIG = "--print-config"
-SEED_EXACT = "--seed-exact"
+REFINE = "--refine"
 QUIET = ("-q", "--quiet")
-SWITCHES = (PRINT_CONFIG, SEED_EXACT) + QUIET
+SWITCHES = (PRINT_CONFIG, REFINE) + QUIET
 SWITCH_HELP = ("ptqconv switches: --print-config prints the equivalent ptqconv YAML and exits; "
-               "--seed-exact keeps the seed tool's own thresholds (calibration.refine: none, no "
-               "ptqconv additions); -q hides the step log.")
+               "--refine adds ptqconv's layer-output check of the tool's thresholds "
+               "(calibration.refine: cosine); -q hides the step log.")
 KIND_NAMES = {"calibrators": "calibration method", "weight_quantizers": "weight quantizer"}
 
 
@@ -132,18 +132,12 @@ def take_flags(argv: Sequence[str], *flags: str):
     return rest, found
 
 
-def apply_policy(config: dict, flags, additions: Optional[dict] = None) -> dict:
-    """ptqconv's part of a dialect job that calibrates: by default the seed method's thresholds
-    get ptqconv's layer-output cosine check (``calibration.refine: cosine``) and the dialect's
-    ``additions`` (``quantize`` keys); with ``--seed-exact`` neither (``refine: none``)."""
-    if "calibration" not in config:
-        return config
-    if SEED_EXACT in flags:
-        config["calibration"]["refine"] = "none"
-    else:
-        config["calibration"].setdefault("refine", "cosine")
-        for key, value in (additions or {}).items():
-            config.setdefault("quantize", {}).setdefault(key, value)
+def apply_policy(config: dict, flags) -> dict:
+    """Threshold refinement of a dialect job that calibrates: the seed tool's method alone
+    (``calibration.refine: none``, what the tool computes), or with ``--refine`` followed by
+    ptqconv's layer-output cosine check (``refine: cosine``)."""
+    if "calibration" in config:
+        config["calibration"]["refine"] = "cosine" if REFINE in flags else "none"
     return config
 
 

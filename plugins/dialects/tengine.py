@@ -31,7 +31,6 @@ ALGORITHM_LABELS = {"0": ("MIN-MAX", "minmax"), "1": ("KL", "kl"), "2": ("ACIQ",
 DEFAULT_MEAN = [104.0, 117.0, 123.0]
 DEFAULT_SCALE = [1.0, 1.0, 1.0]
 CROP_SHORT_SIDE = 256
-ADDITIONS = {"bias_correction": True}  # ptqconv's, without --seed-exact
 
 
 def parser() -> DialectParser:
@@ -40,9 +39,7 @@ def parser() -> DialectParser:
                       description="Tengine post-training quantization (int8, per-channel, "
                                   "symmetric) on ptqconv. Writes the int8 tmfile and "
                                   "./table_<algorithm>.scale.",
-                      epilog=SWITCH_HELP + " Without --seed-exact ptqconv also corrects the "
-                             "int8 layers' biases (quantize.bias_correction), which suits "
-                             "Tengine's signed int8 activations.")
+                      epilog=SWITCH_HELP)
     p.add_argument("-m", dest="model", help="path to input float32 tmfile")
     p.add_argument("-i", dest="images", help="path to calibration images folder")
     p.add_argument("-o", dest="output", help="path to output int8 tmfile")
@@ -145,7 +142,7 @@ def run(argv) -> int:
     """``ptqconv quant_tool_int8 ...``: see :mod:`ptqconv.plugins.dialects.tengine`."""
     rest, flags = take_flags(argv, *SWITCHES)
     args = parser().parse_args(rest)
-    config = apply_policy(config_from_args(args), flags, ADDITIONS)
+    config = apply_policy(config_from_args(args), flags)
     quiet = PRINT_CONFIG in flags or bool({"-q", "--quiet"} & flags)
     if not quiet:
         _banner(args, config)
