@@ -84,7 +84,8 @@ def test_two_input_model_per_input_lists(tmp_path, capsys):
     (tmp_path / "gray.txt").write_text("\n".join(reversed(images)) + "\n")
     run_ok(capsys, "ncnn2table", param, binary, f"{tmp_path / 'rgb.txt'},{tmp_path / 'gray.txt'}",
            tmp_path / "two.table", "mean=[127.5,127.5,127.5],[128]",
-           "norm=[0.0078125,0.0078125,0.0078125],[0.5]", f"shape=[{SIZE},{SIZE},3],[{SIZE},{SIZE},1]",
+           "norm=[0.0078125,0.0078125,0.0078125],[0.5]",
+           f"shape=[{SIZE},{SIZE},3],[{SIZE},{SIZE},1]",
            "pixel=RGB,GRAY", "thread=1", "method=kl", "-q")
     table = dict(ln.split(maxsplit=1) for ln in (tmp_path / "two.table").read_text().splitlines())
     rgb, gray = float(table["conv_rgb"]), float(table["conv_gray"])

@@ -102,9 +102,9 @@ def resolve(tool: str, option: str, value, mapping: Dict[str, Union[str, Unsuppo
     """
     key = str(value).strip()
     if key not in mapping:
-        valid = ", ".join(mapping)
-        raise PtqconvError(f"{tool}: {option} '{key}' is not a valid value{did_you_mean(key, mapping)}"
-                           f" (valid: {valid})")
+        hint = did_you_mean(key, mapping)
+        raise PtqconvError(f"{tool}: {option} '{key}' is not a valid value{hint} "
+                           f"(valid: {', '.join(mapping)})")
     target = mapping[key]
     if isinstance(target, Unsupported):
         raise PtqconvError(f"{tool}: {option} {key} ({target.label}) is not supported by "
@@ -150,8 +150,9 @@ def config_yaml(config: dict, command: Sequence[str]) -> str:
     """The ptqconv YAML equivalent to a seed-tool command: validated, then dumped with a header
     naming the command and how to run the file."""
     load_config(dict(config))  # the same validation `ptqconv -c` applies
-    header = ("# ptqconv config equivalent to:\n#   ptqconv " + " ".join(shlex.quote(a) for a in command)
-              + "\n# run it with:  ptqconv -c THIS_FILE.yaml\n")
+    shown = " ".join(shlex.quote(str(a)) for a in command)
+    header = (f"# ptqconv config equivalent to:\n#   ptqconv {shown}\n"
+              "# run it with:  ptqconv -c THIS_FILE.yaml\n")
     return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100)
 
 

@@ -163,7 +163,7 @@ def build_config(src: str, dst: str, cfg_path: str) -> dict:
 
 
 def run(argv) -> int:
-    """``ptqconv quantized src.mnn dst.mnn config.json``: see :mod:`ptqconv.plugins.dialects.mnn`."""
+    """``ptqconv quantized src.mnn dst.mnn config.json``; see the module docstring."""
     if not argv or argv[0] in ("-h", "--help"):
         print(HELP, end="")
         return 0
