@@ -251,6 +251,12 @@ def test_tengine_dialect_and_yaml_give_identical_scales(tmp_path, capsys, tiny, 
     assert_same_tables(read_table("tmfile", [tmp_path / "int8.tmfile"]),
                        read_table("tmfile", [tmp_path / "y.tmfile"]))
     assert (tmp_path / "y.scale").read_text() == (tmp_path / "table_kl.scale").read_text()
+    # -f: the tool's scale file instead of calibrating (-i not needed)
+    run_ok(capsys, "quant_tool_int8", "-m", src, "-f", tmp_path / "table_kl.scale", "-o",
+           tmp_path / "f.tmfile", "-g", f"3,{SIZE},{SIZE}", "-q")
+    a, f = (read_table("tmfile", [tmp_path / n]) for n in ("int8.tmfile", "f.tmfile"))
+    for name, aq in a.activations.items():
+        assert f.activations[name].scale == pytest.approx(aq.scale, abs=5.1e-7)  # "%f" file
 
 
 def test_tengine_flags_map_onto_the_config(tmp_path, capsys, tiny, images):

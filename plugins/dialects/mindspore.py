@@ -50,7 +50,14 @@ def parser() -> DialectParser:
                       description="MindSpore Lite converter_lite on ptqconv. There is no .ms "
                                   "writer: --to chooses the ptqconv writer (default onnx; with "
                                   "--quantType=PostTraining its -int8 variant).",
-                      epilog=SWITCH_HELP)
+                      epilog="config file keys: image_path (folder of preprocessed .bin inputs; "
+                             "one folder per model input, comma-separated), batch_count (inputs "
+                             "used, default 100), method_x (KL: MindSpore's KL variant; MAX_MIN; "
+                             "RemovalOutlier: clip at the 99.99th percentile of |x|, from ptqconv's "
+                             "streaming histogram instead of per-batch quantiles), thread_num, "
+                             "bias_correction; and calibrate_path=name:folder,..., calibrate_size, "
+                             "input_type=BIN, activation_quant_method, bit_num, per_channel. "
+                             + SWITCH_HELP)
     p.add_argument("--fmk", required=True, help="source model type: ONNX, MNN, PYTORCH "
                    "(TorchScript), or ptqconv's NCNN, TMFILE, TNN; MS/MINDIR/TF/TFLITE/CAFFE have "
                    "no ptqconv reader")
