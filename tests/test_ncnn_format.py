@@ -230,7 +230,8 @@ def test_int8_rows_inner_product_round_trip(tmp_path):
     w, b = rng.standard_normal((6, 3)).astype(np.float32), rng.standard_normal(3).astype(np.float32)
     graph = Graph("t", [TensorInfo("x", "float32", (1, 5, 6))],
                   [TensorInfo("y", "float32", (1, 5, 3))],
-                  [Node("MatMul", "fc", ["x", "w"], ["t"]), Node("Add", "fc_add", ["t", "b"], ["y"])],
+                  [Node("MatMul", "fc", ["x", "w"], ["t"]),
+                   Node("Add", "fc_add", ["t", "b"], ["y"])],
                   {"w": w, "b": b})
     graph.infer_shapes()
     table = QuantTable(activations={"x": ActQuant(scale=1.0 / 127)},

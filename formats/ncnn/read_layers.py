@@ -399,7 +399,8 @@ def read_batchnorm(ctx, layer, p):
     if c <= 0:
         ctx.fail(layer, f"channels {c} must be positive")
     what = f"layer '{layer.name}' (BatchNorm)"
-    slope, mean, var, bias = (ctx.bin.raw(c, f"{what} {k}") for k in ("slope", "mean", "var", "bias"))
+    slope, mean, var, bias = (ctx.bin.raw(c, f"{what} {k}")
+                              for k in ("slope", "mean", "var", "bias"))
     names = [ctx.const(f"{layer.name}_{k}", v) for k, v in
              (("scale", slope), ("bias", bias), ("mean", mean), ("var", var))]
     ctx.node("BatchNormalization", layer.name, [ctx.inp(layer, 0)] + names,

@@ -63,8 +63,8 @@ def emit_activation(ctx, op: str, params: dict, x: str, out: str, name: str) -> 
     elif op == "Elu":
         ctx.add("ELU", name, [x], [out], {0: float(params.get("alpha", 1.0))})
     elif op == "Selu":
-        ctx.add("SELU", name, [x], [out], {0: float(params.get("alpha", 1.67326319217681884765625)),
-                                           1: float(params.get("gamma", 1.05070102214813232421875))})
+        ctx.add("SELU", name, [x], [out], {0: float(params.get("alpha", 1.6732632)),
+                                           1: float(params.get("gamma", 1.0507010))})
     else:
         raise Unsupported(f"activation {op}")
 
