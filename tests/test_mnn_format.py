@@ -252,6 +252,7 @@ def test_int8_file_reads_back_its_quantization(tmp_path):
     write_images(tmp_path / "imgs", 6, size=16)
     out = tmp_path / "tiny_int8.mnn"
     result = ptqconv.convert({"input": src, "output": str(out), "to": "mnn-int8",
+                              "options": {"int8_heads": True},
                               "calibration": {"data": str(tmp_path / "imgs"), "method": "minmax",
                                               "refine": "none"},
                               "preprocess": {"size": [16, 16], "norm": [1 / 255] * 3}})
@@ -262,7 +263,7 @@ def test_int8_file_reads_back_its_quantization(tmp_path):
     assert table is not None
     convs = [n for n in loaded.graph.nodes if n.op == "Conv"]
     int8 = [n for n in convs if table.is_quantized(n.name)]
-    assert len(int8) == 2                       # the two convolutions; the Gemm stays float
+    assert len(int8) == 2                       # both convolutions; the Gemm stays float
     originals = [n for n in graph.nodes if n.op == "Conv"]
     for node, orig in zip(int8, originals):
         wq = table.weights[node.inputs[1]]

@@ -19,10 +19,9 @@ import numpy as np
 
 from ptqconv.core.errors import ModelFormatError, UnsupportedOpsError
 from ptqconv.core.ir.graph import Graph, Node, TensorInfo
-from ptqconv.core.qtable import FLOAT, INT8, ActQuant, QuantTable, WeightQuant
+from ptqconv.core.qtable import ActQuant, QuantTable
 from ptqconv.formats.mnn import schema as S
 from ptqconv.formats.mnn.fb import Table
-from ptqconv.formats.mnn.idst import IdstError, decode_dense
 from ptqconv.formats.mnn.reader import MnnNet, MnnOp
 
 IMPORTERS: Dict[str, Callable] = {}

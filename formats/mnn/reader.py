@@ -10,8 +10,6 @@ import struct
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-import numpy as np
-
 from ptqconv.core.errors import ModelFormatError, PtqconvError
 from ptqconv.core.records import LoadedModel
 from ptqconv.formats.mnn import schema as S

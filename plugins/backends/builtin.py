@@ -36,7 +36,8 @@ def register_backends(register):
                       "per-channel (per-group) weights, symmetric int8 activations",
                       ops=("Conv", "Gemm", "MatMul")))
     register(_profile("mnn-cpu", "MNN int8 convolutions: per-channel symmetric weights, per-tensor "
-                      "activations", ops=("Conv", "ConvTranspose"), bits=LOW_BITS))
+                      "activations; an int8 conv needs its output tensor's scale too",
+                      ops=("Conv", "ConvTranspose"), bits=LOW_BITS, outputs=True))
     register(_profile("tengine-cpu", "Tengine int8/uint8: Convolution, FC, Deconvolution",
                       ops=("Conv", "Gemm", "MatMul", "ConvTranspose"),
                       activations=("symmetric", "asymmetric"), unsigned=True))
