@@ -169,7 +169,8 @@ def test_mnn_keys_map_onto_the_config(tmp_path, capsys, tiny, images):
     assert config["calibration"] == {"data": str(images), "count": 3, "method": "ema",
                                      "batch_size": 2, "refine": "none"}
     assert config["quantize"] == {"weight_method": "admm", "bits": 8, "skip": ["conv1"],
-                                  "params": {"weight_clamp_value": 100}, "activation_clamp": 120}
+                                  "params": {"weight_clamp_value": 100}, "activation_clamp": 120,
+                                  "bias_correction": False}
     assert config["preprocess"] == {"pixel": "GRAY", "size": [SIZE, SIZE], "mean": [1.0],
                                     "norm": [0.5]}
     assert config["report"] == str(tmp_path / "q.mnn.debug.md")  # debug: per-layer cos/overflow
@@ -338,7 +339,8 @@ def test_tnn_flags_map_onto_the_config(tmp_path, capsys, tiny, images):
     assert config["preprocess"] == {"pixel": "BGR", "mean": [104.0, 117.0, 123.0],
                                     "norm": [0.5, 0.5, 0.5]}
     assert config["calibration"]["method"] == "kl-mnn"
-    assert config["quantize"] == {"weights": "per-tensor", "weight_method": "admm"}
+    assert config["quantize"] == {"weights": "per-tensor", "weight_method": "admm",
+                                  "bias_correction": False}
     assert config["output"][0] == os.path.abspath("model.quantized.tnnproto")
     assert "-b 1 (ADMM) is not supported" in one_line_error(capsys, *argv[:8], "1")
     two = two_input_model(tmp_path / "two.onnx")

@@ -133,11 +133,13 @@ def take_flags(argv: Sequence[str], *flags: str):
 
 
 def apply_policy(config: dict, flags) -> dict:
-    """Threshold refinement of a dialect job that calibrates: the seed tool's method alone
-    (``calibration.refine: none``, what the tool computes), or with ``--refine`` followed by
-    ptqconv's layer-output cosine check (``refine: cosine``)."""
+    """What a dialect job that calibrates adds to the tool's own steps: nothing by default
+    (``calibration.refine: none``, and no bias correction unless the tool's config asks for it,
+    as MindSpore's ``bias_correction`` does), or with ``--refine`` ptqconv's layer-output cosine
+    check of the thresholds (``refine: cosine``)."""
     if "calibration" in config:
         config["calibration"]["refine"] = "cosine" if REFINE in flags else "none"
+        config.setdefault("quantize", {}).setdefault("bias_correction", False)
     return config
 
 
