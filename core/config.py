@@ -74,7 +74,7 @@ class Quantize(_Strict):
     # Tengine), off where never-negative tensors get unsigned codes (onnxruntime)
     bias_correction: Optional[bool] = None
     equalize: bool = False  # cross-layer equalization pre-pass (core/equalize.py)
-    equalize_clip: bool = False  # also through Clip(0, b), rewritten as Relu + per-channel Min
+    equalize_clip: bool = False  # also through Clip(0, b), rewritten as per-channel Min + Relu
     unsigned_activations: bool = True  # where the backend runs them (onnxruntime, tengine)
     params: Dict[str, Union[float, int, str, bool]] = Field(default_factory=dict)
     auto_mixed: Optional[AutoMixed] = None

@@ -7,8 +7,8 @@ a 1x1 map, a channel Concat of several such layers, as in SqueezeNet's fire modu
 channel ``i`` of every ``B`` multiplied by it, where ``r1_i`` is the max-abs of ``A``'s channel
 ``i`` and ``r2_i`` the largest max-abs of input channel ``i`` over the ``B``s. Both ranges then
 equal ``sqrt(r1_i r2_i)``, which suits per-tensor weight quantization. Sweeps repeat until the
-scales stop changing. With ``clip=True``, ``Clip(0, b)`` (ReLU6) is rewritten as ``Relu`` and a
-per-channel ``Min`` whose bounds are scaled too (exact, but the graph then holds a Min with a
+scales stop changing. With ``clip=True``, ``Clip(0, b)`` (ReLU6) is rewritten as a per-channel
+``Min`` whose bounds are scaled too, then ``Relu`` (exact, but the graph then holds a Min with a
 per-channel constant, which not every writer can store). High-bias absorption is not done.
 """
 from __future__ import annotations
@@ -52,17 +52,18 @@ def _clip_bound(graph: Graph, node: Node) -> Optional[float]:
 
 
 def _split_clip(graph: Graph, node: Node, channels: int) -> str:
-    """Rewrite ``Clip(0, b)`` as Relu + Min with a per-channel bound; return the bound's name."""
+    """Rewrite ``Clip(0, b)`` as a per-channel ``Min(x, b)`` followed by ``Relu`` (the Relu keeps
+    the Clip's name and output, so the tensor still reads as non-negative); return the bound."""
     info = graph.tensor_info(node.inputs[0])
     rank = len(info.shape) if info is not None and info.shape is not None else 4
     bound = graph.unique_name(node.name + "_bound")
     graph.constants[bound] = np.full([channels] + [1] * max(rank - 2, 0),
                                      _clip_bound(graph, node), np.float32)
-    mid = graph.unique_name(node.outputs[0] + "_relu")
-    relu = Node("Relu", node.name, [node.inputs[0]], [mid])
-    mn = Node("Min", graph.unique_name(node.name + "_min"), [mid, bound], list(node.outputs))
+    mid = graph.unique_name(node.outputs[0] + "_min")
+    mn = Node("Min", graph.unique_name(node.name + "_min"), [node.inputs[0], bound], [mid])
+    relu = Node("Relu", node.name, [mid], list(node.outputs))
     k = graph.nodes.index(node)
-    graph.nodes[k:k + 1] = [relu, mn]
+    graph.nodes[k:k + 1] = [mn, relu]
     return bound
 
 
