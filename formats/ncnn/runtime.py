@@ -53,8 +53,9 @@ def captured_stderr():
 
 
 def load_net(param_path: str, bin_path: str, options=None):
-    """An ``ncnn.Net`` with fp32 storage/arithmetic (unless ``fp16=1`` in options), int8
-    inference on, ``threads`` threads (default 1), loaded from the two files."""
+    """An ``ncnn.Net`` with fp32 storage/arithmetic (unless ``runtime_fp16=1`` in options),
+    int8 inference on, ``threads`` threads (default 1), packed layout unless ``packing=0``,
+    loaded from the two files."""
     ncnn = _import_ncnn()
     options = options or {}
     net = ncnn.Net()
@@ -64,6 +65,7 @@ def load_net(param_path: str, bin_path: str, options=None):
     opt.use_fp16_storage = opt.use_fp16_arithmetic = opt.use_fp16_packed = half
     opt.use_bf16_storage = False
     opt.use_int8_inference = True
+    opt.use_packing_layout = bool(int(options.get("packing", 1)))
     opt.num_threads = int(options.get("threads", 1))
     if net.load_param(str(param_path)) != 0:
         raise PtqconvError(f"{param_path}: the ncnn runtime cannot load this param file")

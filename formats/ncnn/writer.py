@@ -15,7 +15,6 @@ from typing import Dict, List, Optional, Set
 import numpy as np
 
 from ptqconv.core.atomic import atomic_outputs
-from ptqconv.core.corrections import apply_bias_corrections
 from ptqconv.core.errors import PtqconvError, UnsupportedOpsError
 from ptqconv.core.ir.graph import Graph
 from ptqconv.formats.ncnn.int8 import plan_int8
@@ -303,8 +302,7 @@ def write_ncnn(graph: Graph, table, paths, options=None) -> List[str]:
     """Write ``paths[0]`` (.param) and ``paths[1]`` (.bin); int8 when ``table`` is given."""
     if len(paths) < 2:
         raise PtqconvError("the ncnn writer needs a .param and a .bin path")
-    if table is not None and table.bias_corrections:
-        graph = apply_bias_corrections(graph.copy(), table)
+    # table.bias_corrections are already in the graph's biases (the host applies them)
     layers = build_layers(graph, table, options)
     text = format_param_file([ParamLayer(x.type, x.name, x.inputs, x.outputs, x.params)
                               for x in layers])
