@@ -45,8 +45,7 @@ def list_samples(spec: str, count: Optional[int] = None) -> List[str]:
                 lines = [ln.strip() for ln in f]
         except (OSError, UnicodeDecodeError) as exc:
             raise PtqconvError(f"{spec}: cannot read list file: {exc}") from None
-        paths = [ln if os.path.isabs(ln) else os.path.join(base, ln)
-                 for ln in lines if ln and not ln.startswith("#")]
+        paths = [_listed_path(ln, base) for ln in lines if ln and not ln.startswith("#")]
     elif os.path.isfile(spec):
         paths = [spec]
     else:
@@ -59,6 +58,17 @@ def list_samples(spec: str, count: Optional[int] = None) -> List[str]:
         raise PtqconvError(f"{spec}: calibration set is empty (no .jpg/.png/.bmp/.npy/.txt/.bin "
                            f"files)")
     return paths
+
+
+def _listed_path(line: str, base: str) -> str:
+    """A list file's entry: relative to the list's folder, or to the working folder when only
+    that exists (lists made with ``find images/ > list.txt``, as the ncnn docs do)."""
+    if os.path.isabs(line):
+        return line
+    beside = os.path.join(base, line)
+    if not os.path.exists(beside) and os.path.exists(line):
+        return os.path.abspath(line)
+    return beside
 
 
 def load_image(path: str, pre, hw: Sequence[int]) -> np.ndarray:

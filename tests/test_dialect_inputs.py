@@ -34,7 +34,7 @@ def test_txt_bin_npy_tensors_load_exactly(tmp_path):
     assert load_tensor_input(str(tmp_path / "two.bin"), SHAPE).shape == (2,) + SHAPE[1:]
 
 
-def test_folders_list_files_and_per_input_data(tmp_path):
+def test_folders_list_files_and_per_input_data(tmp_path, monkeypatch):
     imgs = tmp_path / "imgs"
     write_images(imgs, count=3, size=8)
     (imgs / "labels.txt").write_text("img_000.png\t1\n")  # not a sample beside images
@@ -49,6 +49,11 @@ def test_folders_list_files_and_per_input_data(tmp_path):
     listing.write_text("\n".join(str(txt / f"s{k}.txt") for k in (2, 0)) + "\n")
     assert list_samples(str(listing)) == [str(txt / "s2.txt"), str(txt / "s0.txt")]
     assert list_samples(str(txt / "s1.txt")) == [str(txt / "s1.txt")]  # a .txt tensor itself
+    # ncnn docs' `find images/ -type f > list.txt`: entries relative to the working folder
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "l.txt").write_text("imgs/img_001.png\n")
+    assert list_samples("lists/l.txt") == [str(imgs / "img_001.png")]
     gray = tmp_path / "gray"
     gray.mkdir()
     for k in range(3):
