@@ -85,7 +85,8 @@ def test_int8_squeezenet_runs_close_to_fp32(squeezenet_int8):
 
 def test_int8_layout_follows_ncnn2int8(squeezenet_int8):
     """Read the written model back: per-channel multipliers, codes within ±127 (±31 for 3x3
-    stride-1 convolutions), one input scale from the table, fp32 bias unchanged."""
+    stride-1 convolutions), one input scale from the table, fp32 bias (plus the table's bias
+    correction, applied once)."""
     src, result, out, _ = squeezenet_int8
     original = read_ncnn([src, src[:-6] + ".bin"]).graph
     loaded = read_ncnn([out, out[:-6] + ".bin"])
@@ -102,8 +103,11 @@ def test_int8_layout_follows_ncnn2int8(squeezenet_int8):
         assert np.abs(codes).max() == limit
         ref = result.table.activations[node.inputs[0]]
         assert abs(table.activations[node.inputs[0]].scale / ref.scale - 1) < 1e-6
-        np.testing.assert_array_equal(graph.constants[node.inputs[2]],
-                                      original.constants[original.node(node.name).inputs[2]])
+        bias = original.constants[original.node(node.name).inputs[2]]
+        delta = result.table.bias_corrections.get(node.name)   # added by the host, if measured
+        if delta is not None:
+            bias = (bias.astype(np.float32) + np.asarray(delta, np.float32)).astype(np.float32)
+        np.testing.assert_array_equal(graph.constants[node.inputs[2]], bias)
 
 
 def test_table_follows_ncnn2table_layout(squeezenet_int8):
