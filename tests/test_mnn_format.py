@@ -272,7 +272,8 @@ def test_int8_file_reads_back_its_quantization(tmp_path):
         codes = quantize_weights(graph.constants[orig.inputs[1]], want.scales, 0)
         np.testing.assert_allclose(loaded.graph.constants[node.inputs[1]],
                                    codes * want.scales.reshape(-1, 1, 1, 1), rtol=1e-6)
-        a_in = table.activations[node.inputs[0]]
+        a_in = table.activations[node.inputs[0]]   # ReLU outputs were written one-sided and
+        assert a_in.zero_point == 0                  # read back as the same symmetric threshold
         assert a_in.scale == pytest.approx(written.activations[orig.inputs[0]].scale, rel=1e-6)
 
 

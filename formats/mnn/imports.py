@@ -177,6 +177,10 @@ class Importer:
             name = self.t(index)
             if scale > 0 and name in known and name not in self.table.activations:
                 bits = 8 if hi - lo <= 255 else 16
+                if zero == lo and zero != 0 and hi > 0:
+                    # one-sided range [0, (hi - lo) * scale] (ReLU outputs): the same threshold
+                    # as a symmetric entry, which every int8 writer can use
+                    scale, zero = scale * (hi - lo) / hi, 0
                 self.table.activations[name] = ActQuant(float(scale), int(round(zero)), bits, True)
         # Identity nodes (ConvertTensor, Dropout) disappear in canonicalization: their input
         # must carry the scale its output had.

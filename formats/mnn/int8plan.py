@@ -3,12 +3,19 @@
 MNN 3.x runs a Convolution/ConvolutionDepthwise in int8 when its weights are an IDSTQuan blob and
 both its input and output tensors carry an int8 ``quantInfo`` (specs/mnn.md §5.1). The table gives
 the input scale of every int8 layer; an output scale is taken from the table when the tensor has
-one, otherwise from where the tensor flows: through value-preserving ops (layout ops, max pooling,
+one (the ``mnn-cpu`` profile calibrates layer outputs), otherwise from where the tensor flows: through value-preserving ops (layout ops, max pooling,
 Concat, Relu) to a tensor with a scale, or into an Add/Sum, whose output scale it takes (the rule
 MNN and Tengine use for element-wise and concat inputs, algorithms.md §1.3). A layer stays float
 when its output scale cannot be found, or when no int8 layer consumes its output (the classifier
 head; option ``int8_heads`` quantizes it anyway): quantizing that output only adds rounding to the
 model's outputs.
+
+A tensor that cannot be negative (a Relu/ReLU6 output, or concatenated/reshaped such tensors)
+keeps its threshold T but uses all 255 codes for [0, T]: ``scale = T / 254`` and ``zero = -127``
+in its quantInfo (MNN runs zero points; its EMA mode writes them too). This halves the step on
+most convolution inputs of ReLU networks. Pooling inputs/outputs stay at zero 0 (MNN's int8
+pooling pads with code 0). Option ``symmetric_activations`` writes MNN's KL layout (zero 0)
+everywhere.
 """
 from __future__ import annotations
 
@@ -29,6 +36,8 @@ WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 VALUE_PRESERVING = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose",
                     "MaxPool", "GlobalMaxPool", "Concat", "Relu")
 SUMS = ("Add", "Sum")
+SIGN_PRESERVING = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose",
+                   "MaxPool", "GlobalMaxPool", "AveragePool", "GlobalAveragePool", "Concat")
 
 
 @dataclass
@@ -102,6 +111,46 @@ def _feeds_int8(graph, tensor: str, int8_inputs, consumers, depth=0) -> bool:
     return False
 
 
+def non_negative_tensors(graph) -> set:
+    """Tensors that cannot hold a negative value: outputs of (fused) Relu, Clip with min >= 0 and
+    Sigmoid, and of layout ops, pooling and Concat applied to such tensors."""
+    found = set()
+    for n in graph.nodes:
+        act, params = n.attrs.get("fused_activation"), n.attrs.get("fused_activation_params") or {}
+        op = act or n.op
+        if op == "Clip" and not act:
+            lo = graph.constants.get(n.inputs[1]) if len(n.inputs) > 1 and n.inputs[1] else None
+            params = {"min": float(lo) if lo is not None else float(n.attr("min", -np.inf))}
+        if op in ("Relu", "Sigmoid") or (op == "Clip" and float(params.get("min", -np.inf)) >= 0):
+            found.add(n.outputs[0])
+        elif n.op in SIGN_PRESERVING and n.inputs and \
+                all(i in found for i in (n.inputs if n.op == "Concat" else n.inputs[:1])):
+            found.add(n.outputs[0])
+    return found
+
+
+def _pooled(graph) -> set:
+    """Inputs and outputs of poolings: MNN's int8 pooling pads with code 0, which is not 0.0 under
+    a nonzero zero point (SqueezeNet's ceil-mode max pools went wrong), so they stay zero 0."""
+    pools = [n for n in graph.nodes if n.op in ("MaxPool", "AveragePool", "GlobalMaxPool",
+                                                "GlobalAveragePool")]
+    return {t for n in pools for t in (n.inputs[0], n.outputs[0])}
+
+
+def _one_sided(q: QuantInfo) -> QuantInfo:
+    """The same threshold on [0, T] with every code: step halved, zero at the lowest code."""
+    if q.zero != 0 or q.min != -q.max:
+        return q
+    return QuantInfo(q.scale * q.max / (q.max - q.min), q.min, q.min, q.max)
+
+
+def _two_sided(q: QuantInfo) -> QuantInfo:
+    """Back to zero 0 with the same upper threshold (for a tensor that may be negative)."""
+    if q.zero == q.min and q.zero != 0:
+        return QuantInfo(q.scale * (q.max - q.min) / q.max, 0.0, -q.max, q.max)
+    return q
+
+
 def plan_int8(graph, table: QuantTable, options=None):
     """Return ({node name: ConvPlan}, {tensor: QuantInfo}) for the int8 writer. Option
     ``int8_heads``: also quantize layers whose output only float ops consume (as MNN's own
@@ -109,6 +158,11 @@ def plan_int8(graph, table: QuantTable, options=None):
     heads = bool((options or {}).get("int8_heads", False))
     scales = {name: quant_info(a) for name, a in table.activations.items()
               if a.scale > 0 and a.signed}
+    nonneg = set()
+    if not (options or {}).get("symmetric_activations", False):
+        nonneg = non_negative_tensors(graph) - _pooled(graph)
+        for name in nonneg & set(scales):
+            scales[name] = _one_sided(scales[name])
     consumers = graph.consumers()
     int8_inputs = {n.name for n in graph.nodes if n.op in WEIGHTED and table.is_quantized(n.name)
                    and n.inputs and n.inputs[0] in scales}
@@ -130,6 +184,8 @@ def plan_int8(graph, table: QuantTable, options=None):
             skipped.append(node.name)
             continue
         q_out = _out_scale(graph, node.outputs[0], scales, consumers)
+        if q_out is not None and node.outputs[0] not in nonneg:
+            q_out = _two_sided(q_out)  # derived through a Relu: the tensor itself can be < 0
         if q_out is None:
             skipped.append(node.name)
             continue
