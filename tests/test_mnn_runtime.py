@@ -343,3 +343,58 @@ def test_int8_layout_matches_mnns_own_quantizer(tmp_path):
                           (S.QUANT_FLOAT.clampMax, "b"), (S.QUANT_FLOAT.outputDataType, "i")):
             assert sa.scalar(slot, fmt, None) == sb.scalar(slot, fmt, None), slot
         assert not a.param.has(S.CONV2D.weight) and not b.param.has(S.CONV2D.weight)
+
+
+def test_one_sided_relu_codes_run_correctly_in_mnn(tmp_path):
+    """ReLU outputs written with zero point -127 (every code on [0, T]) halve MNN's int8 error
+    on padded dense and depthwise convolutions; the input and output of a ceil-mode max pool
+    (MNN pads int8 pooling with code 0) keep zero 0."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from ptqconv.core.qtable import ActQuant, QuantTable, WeightQuant
+    from ptqconv.core.runtime import make_session
+    from ptqconv.core.passes import canonicalize, fuse_activation
+    from ptqconv.formats.mnn.writer import mnn_bytes
+    from ptqconv.formats.onnx.reader import read_onnx
+    rng = np.random.default_rng(0)
+    w = {"w1": rng.normal(0, .3, (16, 8, 1, 1)), "w2": rng.normal(0, .3, (16, 1, 3, 3)),
+         "w3": rng.normal(0, .3, (16, 16, 3, 3)), "w4": rng.normal(0, .3, (8, 16, 1, 1))}
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w1"], ["a"]), n("Relu", ["a"], ["r1"]),
+             n("Conv", ["r1", "w2"], ["b"], pads=[1, 1, 1, 1], group=16), n("Relu", ["b"], ["r2"]),
+             n("Conv", ["r2", "w3"], ["c"], pads=[1, 1, 1, 1]), n("Relu", ["c"], ["r3"]),
+             n("MaxPool", ["r3"], ["p"], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+             n("Conv", ["p", "w4"], ["d"]), n("Relu", ["d"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "relu_net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 10, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 5, 5])],
+        initializer=[numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "relu_net.onnx"))
+    g = canonicalize(read_onnx([str(tmp_path / "relu_net.onnx")]).graph)
+    x = rng.uniform(0, 1, (1, 8, 10, 10)).astype(np.float32)
+    acts = ["r1", "r2", "r3", "p", "y"]
+    sess = make_session(g, extra_outputs=acts)
+    ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": x})))
+    table = QuantTable(activations={"x": ActQuant(1 / 127)})
+    for name in acts:
+        table.activations[name] = ActQuant(float(ref[name].max()) / 127)
+    for node in g.nodes:
+        if node.op == "Conv":
+            table.precision[node.name] = "int8"
+            wv = g.constants[node.inputs[1]]
+            table.weights[node.inputs[1]] = WeightQuant(
+                (np.abs(wv.reshape(wv.shape[0], -1)).max(1) / 127).astype(np.float32), 0, 8)
+    errors = {}
+    for label, opts in (("symmetric", {"symmetric_activations": True}), ("one-sided", {})):
+        path = tmp_path / f"{label}.mnn"
+        path.write_bytes(mnn_bytes(fuse_activation(g.copy()), table, {**opts, "int8_heads": True}))
+        zeros = {read_net(str(path)).tensor_names[i]: v[1]
+                 for i, v in read_net(str(path)).quant_info.items()}
+        if label == "one-sided":
+            assert zeros["r1"] == zeros["r2"] == -127 and zeros["r3"] == zeros["p"] == 0
+        assert int8_conv_count(mnn_op_counts(path)) == 4
+        y = MnnRunner(str(path), ["x"], ["y"])({"x": x})[0]
+        errors[label] = float(np.abs(y - ref["y"]).max() / ref["y"].max())
+    assert errors["one-sided"] < errors["symmetric"] < 0.1, errors
