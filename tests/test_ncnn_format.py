@@ -19,7 +19,7 @@ from conftest import CAFFE_BGR224, CAFFE_BGR227, TORCHVISION, imagenet_split, sh
 
 ncnn = pytest.importorskip("ncnn")
 
-from ptqconv.formats.ncnn.runtime import ncnn_runtime  # noqa: E402
+from ptqconv.formats.ncnn.runtime import captured_stderr, load_net, ncnn_runtime  # noqa: E402
 
 N_IMAGES = 5
 
@@ -131,6 +131,9 @@ def test_onnx_mobilenet_to_ncnn_matches_onnxruntime(tmp_path):
     text = open(out[0]).read()
     assert "9=3 -23310=2,0.000000e+00,6.000000e+00" in text      # ReLU6 fused as clip
     assert "Pooling" in text and "InnerProduct" in text
+    with captured_stderr() as err:      # loads without any runtime warning
+        load_net(*out)
+    assert err[0] == ""
     sess = session_from_model(onnx.load(str(onnx_path)))
     rt = ncnn_runtime(out)
     for x in _images(TORCHVISION, (224, 224)):
