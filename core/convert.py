@@ -157,9 +157,14 @@ def use_bias_correction(setting, backend) -> bool:
     Auto turns it on for backends whose int8 activations are signed only: there a KL-style
     threshold plus the wasted sign bit of ReLU outputs shifts layer means, and the correction
     recovered 1-1.5 top-1 points on MobileNetV2 and SqueezeNet (ncnn, TNN, Tengine, signed
-    ONNX); with unsigned codes (onnxruntime) it made no measurable difference.
+    ONNX); with unsigned codes (onnxruntime) it made no measurable difference. A backend may
+    set its own default (mnn-cpu: off; it lowered SqueezeNet in the MNN runtime).
     """
-    return bool(setting) if setting is not None else not backend.unsigned_symmetric
+    if setting is not None:
+        return bool(setting)
+    if backend.bias_correction is not None:
+        return backend.bias_correction
+    return not backend.unsigned_symmetric
 
 
 def calibrate_table(registry, cfg: Config, graph, backend, quant: str) -> QuantTable:

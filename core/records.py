@@ -88,6 +88,8 @@ class Backend:
     # its int8 path also runs uint8 codes with zero point 0 (never-negative tensors get the
     # sign bit back); onnxruntime does, Tengine's int8 tmfile cannot store it
     unsigned_symmetric: bool = False
+    # default of quantize.bias_correction for this target (None: on unless unsigned_symmetric)
+    bias_correction: Optional[bool] = None
 
 
 @dataclass(frozen=True)

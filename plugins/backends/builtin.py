@@ -14,10 +14,10 @@ PER_CHANNEL_OR_TENSOR = ("per-channel", "per-tensor")
 
 def _profile(name, description, ops=CONV_FC, weights=PER_CHANNEL_OR_TENSOR,
              activations=("symmetric",), unsigned=False, outputs=False, bits=(8,),
-             unsigned_symmetric=False):
+             unsigned_symmetric=False, bias_correction=None):
     caps = OpCaps(weights=weights, activations=activations, unsigned=unsigned, bits=bits)
     return Backend(name, {op: caps for op in ops}, description, quantize_outputs=outputs,
-                   unsigned_symmetric=unsigned_symmetric)
+                   unsigned_symmetric=unsigned_symmetric, bias_correction=bias_correction)
 
 
 LOW_BITS = tuple(range(2, 9))
@@ -37,7 +37,8 @@ def register_backends(register):
                       ops=("Conv", "Gemm", "MatMul")))
     register(_profile("mnn-cpu", "MNN int8 convolutions: per-channel symmetric weights, per-tensor "
                       "activations; an int8 conv needs its output tensor's scale too",
-                      ops=("Conv", "ConvTranspose"), bits=LOW_BITS, outputs=True))
+                      ops=("Conv", "ConvTranspose"), bits=LOW_BITS, outputs=True,
+                      bias_correction=False))
     register(_profile("tengine-cpu", "Tengine int8/uint8: Convolution, FC, Deconvolution",
                       ops=("Conv", "Gemm", "MatMul", "ConvTranspose"),
                       activations=("symmetric", "asymmetric"), unsigned=True))
