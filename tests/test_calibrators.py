@@ -270,6 +270,20 @@ def test_kl_constant_tensor_uses_absmax():
     assert aq.threshold == pytest.approx(2.5)
 
 
+@pytest.mark.parametrize("method", ["minmax", "kl", "aciq", "admm", "percentile", "mse"])
+def test_low_bit_activations_and_feature_clamp(method):
+    """Symmetric methods map T to the largest code: 2^(bits-1)-1, or MNN's feature clamp."""
+    x = np.random.default_rng(2).laplace(size=(2, 8, 16, 16))
+    for spec, qmax in ((QuantSpec(4), 7), (QuantSpec(6), 31), (QuantSpec(8, clamp=100), 100)):
+        aq, stats = calibrate(method, [x], spec=spec)
+        assert aq.bits == spec.bits and 0 < aq.threshold <= stats.absmax * (1 + 1e-6)
+        assert aq.scale == pytest.approx(aq.threshold / qmax)
+    four, _ = calibrate(method, [x], spec=QuantSpec(4))
+    eight, _ = calibrate(method, [x], spec=QuantSpec(8))
+    if method in ("aciq", "mse", "admm"):  # the bit width changes the optimal clip
+        assert four.threshold < eight.threshold
+
+
 def test_every_method_is_registered_with_a_description():
     reg = get_registry()
     for m in METHODS:
