@@ -53,7 +53,8 @@ def calibrate(method, arrays, spec=INT8, params=None):
 
 @pytest.mark.parametrize("variant,best,kl,t", [
     ("ncnn", 13, 0.254465, 3.375), ("mnn", 13, 0.255271, 3.375),
-    ("tengine", 11, 0.037439, 2.875), ("mindspore", 11, 1.021438, 2.875)])
+    ("tengine", 11, 0.037439, 2.875), ("mindspore-tool", 11, 1.021438, 2.875),
+    ("mindspore", 11, 0.021438, 2.875)])  # without the tool's +1 for the empty bin 0
 def test_kl_tiny_histogram(variant, best, kl, t):
     i, value = kl_best_bin(TINY, 4, variant)
     assert i == best
@@ -69,7 +70,8 @@ def test_kl_ncnn_every_candidate():
 
 @pytest.mark.parametrize("variant,best,multiplier,step", [
     ("ncnn", 620, 20.958582, 0.04771315), ("mnn", 678, 19.166986, 0.05217304),
-    ("tengine", 678, 19.166986, 0.05217304), ("mindspore", 667, 19.482846, 0.05132720)])
+    ("tengine", 678, 19.166986, 0.05217304), ("mindspore", 667, 19.482846, 0.05132720),
+    ("mindspore-tool", 667, 19.482846, 0.05132720)])
 def test_kl_full_histogram(variant, best, multiplier, step):
     i, _ = kl_best_bin(full_histogram(), 128, variant)
     assert i == best
@@ -94,6 +96,33 @@ def test_kl_threshold_from_streamed_stats_matches_direct_histogram():
         stats.update(part.astype(np.float32))
     t = kl_threshold(stats, 2048, 128, "ncnn")
     assert abs(t - (i_direct + 0.5) * 20.0 / 2048) <= 2 * 20.0 / 2048  # about one bin
+
+
+def integer_pixel_input(seed=0):
+    """A network input as image preprocessing makes it: integer pixels minus a per-channel mean,
+    times a norm. Its |x| takes a few hundred distinct values: most of 2048 bins are empty."""
+    px = np.clip(np.random.default_rng(seed).normal(110, 60, (4, 3, 32, 32)).round(), 0, 255)
+    mean = np.array([123.675, 116.28, 103.53])[None, :, None, None]
+    return (px - mean) * 0.017125
+
+
+@pytest.mark.parametrize("method", ["kl", "kl-mnn", "kl-tengine", "kl-mindspore"])
+def test_kl_on_a_discrete_valued_tensor_does_not_clip_it(method):
+    """MindSpore adds 1 per seed-only bin below the candidate (the seed stays in P, Q has none
+    there): on integer pixels the smallest candidate wins, T = 6% of the range. ptqconv's
+    kl-mindspore treats seed-only bins as empty in P as in Q; ``seed_penalty`` keeps the tool's
+    rule."""
+    x = integer_pixel_input()
+    aq, stats = calibrate(method, [x])
+    assert np.count_nonzero(stats.resampled(2048, stats.absmax)) < 1024
+    assert aq.threshold > 0.5 * stats.absmax
+    if method == "kl-mindspore":
+        tool, _ = calibrate(method, [x], params={"seed_penalty": True})
+        assert tool.threshold < 0.1 * stats.absmax
+        # a tensor occupying every bin: the tool's rule never fires, the same threshold
+        y = np.random.default_rng(3).uniform(-1, 1, size=(4, 8, 64, 64))
+        assert calibrate(method, [y])[0].threshold == \
+            calibrate(method, [y], params={"seed_penalty": True})[0].threshold
 
 
 def test_kl_is_not_minmax_on_heavy_tails():

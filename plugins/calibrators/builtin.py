@@ -36,11 +36,14 @@ def minmax(stats, spec, params):
 def _kl(variant):
     def compute(stats, spec, params):
         target = int(params.get("target_bins", 2 ** (spec.bits - 1)))
-        t = kl_threshold(stats, int(params.get("bins", DEFAULT_BINS)), target, variant)
+        v = "mindspore-tool" if variant == "mindspore" and params.get("seed_penalty") else variant
+        t = kl_threshold(stats, int(params.get("bins", DEFAULT_BINS)), target, v)
         return from_threshold(t, stats, spec)
     compute.__name__ = f"kl_{variant}"
     compute.__doc__ = f"KL-divergence threshold, {variant} variant (2048 bins, 2^(bits-1) " \
-                      f"target bins; params 'bins', 'target_bins')."
+                      f"target bins; params 'bins', 'target_bins'" + \
+                      (", 'seed_penalty': true adds 1 per seed-only bin as MindSpore does)."
+                       if variant == "mindspore" else ").")
     return compute
 
 
@@ -116,7 +119,8 @@ def register_calibrators(register):
     register(Calibrator("kl-tengine", _kl("tengine"), "KL-divergence threshold, Tengine variant "
                         "(bins centred on absmax/2047, bin 0 dropped)"))
     register(Calibrator("kl-mindspore", _kl("mindspore"), "KL-divergence threshold, MindSpore "
-                        "Lite variant (seeded bins, P and Q renormalized)"))
+                        "Lite variant (seeded bins, P and Q renormalized; params seed_penalty: true for the "
+                        "tool's +1 per seed-only bin)"))
     register(Calibrator("aciq", aciq, "ACIQ analytical clip (Gaussian from absmax and size, or "
                         "Laplace from mean |x|)", observer=aciq_mod.SampleSize))
     register(Calibrator("admm", admm, "MNN feature ADMM step fixed point, on the histogram"))

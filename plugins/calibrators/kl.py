@@ -11,7 +11,15 @@ normalization, the expansion rule and the handling of zeros:
 * ``tengine``: bin 0 dropped, normalize by bins 1..B-1, non-zero expansion, +1 where Q is 0;
   its histogram bins are centred on multiples of ``absmax/(B-1)`` (:func:`tengine_histogram`).
 * ``mindspore``: 1e-7 in every raw bin, bins holding only the seed count as empty in the
-  expansion, P and Q each renormalized inside the KL, +1 where Q is 0.
+  expansion, P and Q each renormalized inside the KL, +1 where Q is 0 but P holds observed mass.
+  MindSpore itself keeps the seed in P, so every seed-only bin below the candidate adds 1 (P has
+  its seed, Q none there): ``mindspore-tool`` reproduces that literally. On a discrete-valued
+  tensor (a network input of integer pixels minus a mean: a few hundred distinct values over
+  2048 bins) that penalty counts empty bins, the smallest candidate wins and the input is
+  clipped to 6% of its range. The seed is a pseudo-count meant to avoid zeros, not an
+  observation: ``mindspore`` drops it from P exactly where it is dropped from Q, which is the
+  limit of the tool's divergence as the seed goes to 0 (a term ``p log(p/q)`` with ``p -> 0``
+  vanishes) and leaves continuous tensors, whose bins are all occupied, unchanged.
 
 The merge/expand step is vectorized with cumulative sums (linear inside a bin equals the seed
 tools' fractional edge weights) and evaluated for many candidates at once.
@@ -25,7 +33,7 @@ from ptqconv.plugins.calibrators.histogram import histogram_on_edges
 NCNN_EPS = 1e-4
 SEED = 1e-7
 SEED_EMPTY = 1e-6  # MindSpore: a bin at or below this holds only the seed and counts as empty
-VARIANTS = ("ncnn", "mnn", "tengine", "mindspore")
+VARIANTS = ("ncnn", "mnn", "tengine", "mindspore", "mindspore-tool")
 
 
 def _interval_sums(values: np.ndarray, i: int, target: int) -> np.ndarray:
@@ -83,7 +91,7 @@ def _prepare(hist: np.ndarray, variant: str):
         h[0] = 0.0
         norm = h / h[1:].sum()
         return norm, norm != 0
-    if variant == "mindspore":
+    if variant in ("mindspore", "mindspore-tool"):
         return hist + SEED, hist + SEED > SEED_EMPTY
     raise ValueError(f"unknown KL variant '{variant}' (known: {', '.join(VARIANTS)})")
 
@@ -123,7 +131,8 @@ def kl_divergences(hist, target_bins: int = 128, variant: str = "ncnn",
         valid = k[None, :] < cands[:, None]
         if nonzero is not None:
             q = np.where(nonzero[None, :k.size], q, 0.0)
-        p = np.where(valid, dist[None, :k.size], 0.0)
+        p_src = dist if variant != "mindspore" else np.where(nonzero, dist, 0.0)
+        p = np.where(valid, p_src[None, :k.size], 0.0)
         p[np.arange(cands.size), cands - 1] += tail[cands]
         q = np.where(valid, q, 0.0)
         out[cands - t] = _row_divergences(p, q, valid, variant)
@@ -135,7 +144,7 @@ def _row_divergences(p, q, valid, variant):
     if variant == "ncnn":
         pe, qe = p + NCNN_EPS, q + NCNN_EPS
         return np.sum(np.where(valid, pe * np.log(pe / qe), 0.0), axis=1)
-    if variant == "mindspore":
+    if variant.startswith("mindspore"):
         p = p / p.sum(axis=1, keepdims=True)
         qs = q.sum(axis=1, keepdims=True)
         q = np.divide(q, qs, out=q.copy(), where=qs > 0)
