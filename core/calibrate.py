@@ -17,14 +17,21 @@ from ptqconv.core.stats import TensorStats
 
 
 def collect_stats(graph, tensors: Iterable[str], data, threads: int = 0, histogram: bool = True,
-                  observer=None) -> Dict[str, TensorStats]:
+                  observer=None, exact: bool = False) -> Dict[str, TensorStats]:
     """Run ``data`` through ``graph`` and return streamed statistics for ``tensors``.
 
     ``observer`` (optional) makes calibrator-specific state per tensor, updated with each batch
-    and stored as ``stats.extra``.
+    and stored as ``stats.extra``. ``exact`` makes the histograms the seed tools' two-pass ones:
+    a first pass (no histogram) finds each tensor's absmax, the second bins every value on
+    ``[0, absmax]`` with ``bins`` equal bins (no sampling, no re-binning). Memory stays flat;
+    the data is run twice.
     """
     tensors = list(dict.fromkeys(tensors))
-    stats = {t: TensorStats(t, histogram=histogram) for t in tensors}
+    if exact and histogram:
+        first = collect_stats(graph, tensors, data, threads, histogram=False)
+        stats = {t: TensorStats(t, hist_samples=0, upper=first[t].absmax) for t in tensors}
+    else:
+        stats = {t: TensorStats(t, histogram=histogram) for t in tensors}
     if observer is not None:
         for s in stats.values():
             s.extra = observer(s.name)

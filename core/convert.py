@@ -187,8 +187,10 @@ def calibrate_table(registry, cfg: Config, graph, backend, quant: str) -> QuantT
     data = calibration_data(cfg, graph)
     params = {**calibrator.params, **cfg.calibration.params}
     outputs = output_activations(graph, layers) if backend.quantize_outputs else []
+    # exact two-pass histograms: the streamed one's sampling and power-of-two re-binning moved
+    # KL thresholds of MobileNetV2 by up to 2x (KL's divergence curve has several minima)
     stats = collect_stats(graph, [layer.activation for layer in layers] + outputs, data,
-                          cfg.calibration.threads, observer=calibrator.observer)
+                          cfg.calibration.threads, observer=calibrator.observer, exact=True)
     activations = {name: calibrator.compute(s, spec, params) for name, s in stats.items()}
     if spec.symmetric and cfg.quantize.unsigned_activations:
         n = unsigned_where_non_negative(graph, activations, backend)

@@ -23,7 +23,7 @@ class TensorStats:
     """Running min/max/absmax/sums, NaN/Inf counts, zero count and an ``|x|`` histogram."""
 
     def __init__(self, name: str, bins: int = HIST_BINS, histogram: bool = True,
-                 hist_samples: int = HIST_SAMPLES):
+                 hist_samples: int = HIST_SAMPLES, upper: float = 0.0):
         self.name = name
         self.bins = bins
         self.histogram = histogram
@@ -39,7 +39,10 @@ class TensorStats:
         self.sum_sq = 0.0
         self.batches = 0
         self.hist = np.zeros(bins, dtype=np.float64) if histogram else None
-        self.bin_width = 0.0    # 0 until the first non-zero value arrives
+        # 0 until the first non-zero value arrives; ``upper`` (a known absmax) fixes it upfront
+        self.bin_width = upper / bins if upper > 0 and histogram else 0.0
+        while self.bin_width and self.bin_width * bins < upper:  # float rounding: never re-bin
+            self.bin_width = float(np.nextafter(self.bin_width, np.inf))
         self.extra = None       # calibrator-specific streaming state (see Calibrator.observer)
 
     @property

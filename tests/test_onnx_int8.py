@@ -121,3 +121,21 @@ def test_mobilenet_v2_int8_tracks_fp32_on_real_images(tmp_path):
         agree += int(a.argmax() == b.argmax())
         cosines.append(float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)))
     assert np.mean(cosines) > 0.97 and agree >= 17
+
+
+def test_exact_statistics_bin_every_value_on_zero_to_absmax(tmp_path):
+    # two passes: the histogram is the seed tools' one (absmax/2048 bins, no sampling)
+    graph = from_onnx(onnx.load(tiny_cnn(tmp_path / "m.onnx")))
+    paths = write_images(tmp_path / "imgs", 6, size=16)
+    pre = Preprocess(size=[16, 16], mean=[128.0], norm=[1 / 64])
+    data = CalibrationData(graph.inputs, [paths], [pre], batch_size=2)
+    stats = collect_stats(graph, ["r1"], data, exact=True)["r1"]
+    session = make_session(graph, extra_outputs=["r1"])
+    r1 = np.concatenate([session.run(["r1"], {"input": load_image(p, pre, (16, 16))[None]})[0]
+                         for p in paths]).reshape(-1)
+    mag = np.abs(r1[r1 != 0]).astype(np.float32)
+    assert stats.bin_width * stats.bins == pytest.approx(float(mag.max()), rel=1e-6)
+    idx = np.minimum((mag * np.float32(1 / stats.bin_width)).astype(np.int64), stats.bins - 1)
+    direct = np.bincount(idx, minlength=stats.bins)
+    assert stats.hist.sum() == mag.size
+    assert np.abs(stats.hist - direct).sum() <= 4   # values sitting exactly on an edge
