@@ -5,6 +5,7 @@ Run from the project root (needs ../shared/data; about 10-15 minutes on 2 cores)
 
     python benchmarks/dialects.py [--only ncnn,mnn,tengine,tnn,tnn-kl,mindspore] [--threads 2]
                                   [--work DIR] [--keep] [--agreement] [--refine]
+                                  [--bias-correction]
 
 Model: SqueezeNet v1.1 (shared ``models/squeezenet_v1.1``), preprocessing caffe-bgr227 (whole
 image resized to 227x227, BGR, mean 104/117/123, no scaling), which every seed tool can express.
@@ -17,7 +18,8 @@ The float inputs of the Tengine, MNN and TNN commands are written first with ptq
 float format; MindSpore starts from the shared ONNX copy with preprocessed ``.bin`` inputs. The
 table printed at the end gives each int8 top-1 next to the fp32 model's and the drop in points
 (the issue's bar: at most 1.0). On 400 images one point is 4 images, which is within the noise
-of label accuracy; ``--agreement`` adds how many images keep the fp32 model's top-1 class.
+of label accuracy; ``--agreement`` adds how many images keep the fp32 model's top-1 class and
+the mean KL divergence of the int8 class probabilities from the fp32 model's.
 """
 from __future__ import annotations
 
@@ -81,26 +83,48 @@ def top1(model, work, name, from_format=None):
     return float(match.group(1)), int(match.group(2)), int(match.group(3)), match.group(4)
 
 
-def agreement(model):
-    """How many evaluation images get the same top-1 class as the fp32 ncnn model (shared
-    reference/squeezenet_v1.1_ncnn_top5.tsv), run by the same runner as ``ptqconv eval``."""
+def _probabilities(y):
+    """Class probabilities of one output row (softmax unless it already is a distribution)."""
+    import numpy as np
+    y = np.asarray(y, np.float64).reshape(-1)
+    if y.min() >= 0 and abs(y.sum() - 1) < 1e-3:
+        return y
+    e = np.exp(y - y.max())
+    return e / e.sum()
+
+
+FP32_OUTPUTS = {}  # evaluation image -> fp32 class probabilities (computed once)
+
+
+def _outputs(model, names):
     import numpy as np
     from ptqconv.core.config import Preprocess
     from ptqconv.core.convert import sniff_reader
     from ptqconv.core.data import load_image
     from ptqconv.core.evaluate import model_runner
     from ptqconv.core.plugins import get_registry
+    run, _, inputs = model_runner(model, sniff_reader(get_registry(), model[0]))
+    pre = Preprocess(**PREPROCESS)
+    return {n: _probabilities(np.asarray(run({inputs[0].name: load_image(
+        os.path.join(IMAGES, n), pre, (SIZE, SIZE))[None]})[0])) for n in names}
+
+
+def agreement(model):
+    """(images with the same top-1 class as the fp32 ncnn model (shared
+    reference/squeezenet_v1.1_ncnn_top5.tsv), number of images, mean KL(fp32 || int8) of the
+    class probabilities), run by the same runner as ``ptqconv eval``."""
+    import numpy as np
     with open(REFERENCE, encoding="utf-8") as f:
         rows = [ln.split("\t") for ln in f.read().splitlines()]
     fp32 = {r[0]: int(r[2].split(",")[0]) for r in rows if len(r) >= 3 and r[1].isdigit()}
     names = sorted(fp32)[CALIB_COUNT:]
-    run, _, inputs = model_runner(model, sniff_reader(get_registry(), model[0]))
-    pre = Preprocess(**PREPROCESS)
-    same = 0
-    for n in names:
-        x = load_image(os.path.join(IMAGES, n), pre, (SIZE, SIZE))[None]
-        same += int(np.argmax(np.asarray(run({inputs[0].name: x})[0])) == fp32[n])
-    return same, len(names)
+    if not FP32_OUTPUTS:
+        FP32_OUTPUTS.update(_outputs([NCNN_PARAM, NCNN_BIN], names))
+    probs = _outputs(model, names)
+    same = sum(int(np.argmax(probs[n]) == fp32[n]) for n in names)
+    kl = np.mean([np.sum(FP32_OUTPUTS[n] * (np.log(FP32_OUTPUTS[n] + 1e-12)
+                                            - np.log(probs[n] + 1e-12))) for n in names])
+    return same, len(names), float(kl)
 
 
 def prepare(work):
@@ -197,14 +221,18 @@ def main(argv=None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the temporary work folder")
     p.add_argument("--refine", action="store_true", help="add --refine (ptqconv's layer-output "
                    "check of the tools' thresholds) to every dialect command")
+    p.add_argument("--bias-correction", action="store_true", help="add --bias-correction "
+                   "(ptqconv's empirical bias correction) to every dialect command")
     p.add_argument("--agreement", action="store_true", help="also count the evaluation images "
-                   "whose top-1 matches the fp32 model's (a less noisy fidelity measure)")
+                   "whose top-1 matches the fp32 model's and the mean KL divergence of the int8 "
+                   "class probabilities from the fp32 ones (less noisy fidelity measures)")
     args = p.parse_args(argv)
     if not os.path.exists(NCNN_PARAM):
         print(f"shared data not found: {SHARED}", file=sys.stderr)
         return 1
     names = args.only.split(",") if args.only else list(DIALECTS)
-    EXTRA[:] = ["--refine"] if args.refine else []
+    EXTRA[:] = (["--refine"] if args.refine else []) + \
+        (["--bias-correction"] if args.bias_correction else [])
     work = args.work or tempfile.mkdtemp(prefix="ptqconv_dialects_")
     os.makedirs(work, exist_ok=True)
     prepare(work)
@@ -222,14 +250,14 @@ def main(argv=None) -> int:
           f"{CALIB_COUNT} calibration images, top-1 on "
           f"{fp32[2]} evaluation images (fp32 in {fp32[3]}: {fp32[0]:.2f}%, {fp32[1]}/{fp32[2]})\n")
     print("| dialect | command | quantize time | runtime | int8 top-1 | drop vs fp32 | <= 1.0 "
-          "| same top-1 as fp32 |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| same top-1 as fp32 | output KL vs fp32 |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, what, seconds, result, same in rows:
         if result is None:
-            print(f"| {name} | FAILED: {what} | | | | | no | |")
+            print(f"| {name} | FAILED: {what} | | | | | no | | |")
             continue
         drop = fp32[0] - result[0]
-        agree = f"{same[0]}/{same[1]}" if same else "-"
+        agree = f"{same[0]}/{same[1]} | {same[2]:.4f}" if same else "- | -"
         print(f"| {name} | {what} | {seconds:.0f} s | {result[3]} | {result[0]:.2f}% "
               f"({result[1]}/{result[2]}) | {drop:+.2f} | {'yes' if drop <= 1.0 else 'NO'} "
               f"| {agree} |")

@@ -26,6 +26,19 @@ class Preprocess(_Strict):
     # pad value (one, or one per channel); keep aspect ratio and pad to ``size``
     letterbox: Optional[Union[float, List[float]]] = None
     layout: Literal["NCHW", "NHWC"] = "NCHW"
+    # [h, w] fractions of the decoded image kept by a center crop before the resize (MNN's
+    # center_crop_h/center_crop_w)
+    crop_fraction: Optional[List[float]] = None
+    # YOLOv5 Focus after normalizing: C x H x W -> 4C x H/2 x W/2, slices in the order
+    # (even row, even col), (odd, even), (even, odd), (odd, odd) (Tengine's -k)
+    space_to_depth: bool = False
+
+    @field_validator("crop_fraction")
+    @classmethod
+    def _fraction(cls, v):
+        if v is not None and (len(v) != 2 or not all(0 < f <= 1 for f in v)):
+            raise ValueError("crop_fraction must be [height, width] fractions in (0, 1]")
+        return v
 
     @field_validator("size")
     @classmethod

@@ -1,7 +1,8 @@
 """Calibration data: finding inputs (folder, list file, glob) and turning them into tensors.
 
 Images (JPEG/PNG/BMP) are decoded with Pillow and preprocessed as the seed tools describe it:
-pixel order, resize (whole image, shorter side, or letterbox), center crop, ``(x - mean) * norm``.
+pixel order, center crop by fraction, resize (whole image, shorter side, or letterbox), center
+crop, ``(x - mean) * norm``, space-to-depth.
 Raw tensor files (``.npy``, ``.txt``, ``.bin``; see :mod:`ptqconv.core.inputs`) are used as they
 are. In a folder, ``.txt`` files are samples only when the folder holds no image; a ``.txt`` given
 directly is a list file unless it starts with a number.
@@ -82,6 +83,10 @@ def load_image(path: str, pre, hw: Sequence[int]) -> np.ndarray:
         raise PtqconvError(f"{path}: image not found") from None
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise PtqconvError(f"{path}: cannot decode image: {exc}") from None
+    if pre.crop_fraction is not None:
+        img = _crop_fraction(img, pre.crop_fraction)
+    if pre.space_to_depth:
+        hw = _even_size(hw, path)
     img = _resize(img, pre, hw)
     x = np.asarray(img, dtype=np.float32)
     if x.ndim == 2:
@@ -92,9 +97,26 @@ def load_image(path: str, pre, hw: Sequence[int]) -> np.ndarray:
         x = x - _per_channel(pre.mean, x.shape[2], "mean")
     if pre.norm is not None:
         x = x * _per_channel(pre.norm, x.shape[2], "norm")
+    if pre.space_to_depth:
+        x = np.concatenate([x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2]], axis=2)
     if pre.layout == "NCHW":
         x = x.transpose(2, 0, 1)
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _crop_fraction(img, fraction):
+    """The centered ``fraction`` = [h, w] of the image (sizes truncated, at least one pixel)."""
+    ch = max(1, int(img.height * fraction[0]))
+    cw = max(1, int(img.width * fraction[1]))
+    top, left = (img.height - ch) // 2, (img.width - cw) // 2
+    return img.crop((left, top, left + cw, top + ch))
+
+
+def _even_size(hw, path):
+    if int(hw[0]) % 2 or int(hw[1]) % 2:
+        raise PtqconvError(f"{path}: space_to_depth needs an even image size, got "
+                           f"{int(hw[0])}x{int(hw[1])}")
+    return hw
 
 
 def _per_channel(values, channels, key):
@@ -185,6 +207,8 @@ class CalibrationData:
             return load_tensor_input(path, shape, info.name)
         pre = self.preprocess[k]
         hw = pre.size or _spatial(shape, pre.layout, info.name)
+        if pre.space_to_depth and not pre.size:  # the model input holds half the image size
+            hw = (2 * hw[0], 2 * hw[1])
         x = load_image(path, pre, hw)
         if shape and len(shape) == 4 and tuple(x.shape) != tuple(shape[1:]):
             raise PtqconvError(f"{path}: preprocessed image has shape {tuple(x.shape)} but model "

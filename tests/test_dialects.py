@@ -299,7 +299,7 @@ def test_tengine_errors_are_one_line(tmp_path, capsys, tiny, images):
     assert "-a 3 (DFQ) is not supported" in line
     line = one_line_error(capsys, *(args[:-4] + ["-y", "300,300"]))
     assert "-y 300,300 must equal the -g size" in line
-    assert "-k 1" in one_line_error(capsys, *args, "-k", "1")
+    assert "-k: 2 is not one of 0, 1" in one_line_error(capsys, *args, "-k", "2")
 
 
 # ---------------------------------------------------------------- TNN quantization_cmd

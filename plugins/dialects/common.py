@@ -21,11 +21,13 @@ from ptqconv.core.errors import PtqconvError, did_you_mean
 
 PRINT_CONFIG = "--print-config"
 REFINE = "--refine"
+BIAS_CORRECTION = "--bias-correction"
 QUIET = ("-q", "--quiet")
-SWITCHES = (PRINT_CONFIG, REFINE) + QUIET
+SWITCHES = (PRINT_CONFIG, REFINE, BIAS_CORRECTION) + QUIET
 SWITCH_HELP = ("ptqconv switches: --print-config prints the equivalent ptqconv YAML and exits; "
                "--refine adds ptqconv's layer-output check of the tool's thresholds "
-               "(calibration.refine: cosine); -q hides the step log.")
+               "(calibration.refine: cosine); --bias-correction adds ptqconv's empirical bias "
+               "correction (quantize.bias_correction: true); -q hides the step log.")
 KIND_NAMES = {"calibrators": "calibration method", "weight_quantizers": "weight quantizer"}
 
 
@@ -135,11 +137,15 @@ def take_flags(argv: Sequence[str], *flags: str):
 def apply_policy(config: dict, flags) -> dict:
     """What a dialect job that calibrates adds to the tool's own steps: nothing by default
     (``calibration.refine: none``, and no bias correction unless the tool's config asks for it,
-    as MindSpore's ``bias_correction`` does), or with ``--refine`` ptqconv's layer-output cosine
-    check of the thresholds (``refine: cosine``)."""
+    as MindSpore's ``bias_correction`` does); ``--refine`` adds ptqconv's layer-output cosine
+    check of the thresholds (``refine: cosine``), ``--bias-correction`` its empirical bias
+    correction."""
     if "calibration" in config:
         config["calibration"]["refine"] = "cosine" if REFINE in flags else "none"
-        config.setdefault("quantize", {}).setdefault("bias_correction", False)
+        quantize = config.setdefault("quantize", {})
+        if BIAS_CORRECTION in flags:
+            quantize["bias_correction"] = True
+        quantize.setdefault("bias_correction", False)
     return config
 
 

@@ -30,6 +30,10 @@ KEYS = {
     "format": "pixel format fed to the model (RGB, BGR, RGBA, BGRA, GRAY; default BGR)",
     "mean": "subtracted per channel", "normal": "multiplied per channel after the mean",
     "width": "model input width", "height": "model input height",
+    "center_crop_h": "fraction of the image height kept by a center crop before the resize "
+                     "(default 1.0)",
+    "center_crop_w": "fraction of the image width kept by a center crop before the resize "
+                     "(default 1.0)",
     "path": "calibration folder (images, or one sub-folder per sample for 'sequence')",
     "used_image_num": "use the first N files (sorted)", "used_sample_num": "same as used_image_num",
     "feature_quantize_method": "KL (default), ADMM, EMA",
@@ -98,6 +102,15 @@ def _clamp(data: dict, key: str, path: str):
     return value
 
 
+def _crop_fraction(data: dict, path: str):
+    """[h, w] of center_crop_h/center_crop_w, or None when both are 1 (no crop)."""
+    fraction = [_get(data, key, float, path, 1.0) for key in ("center_crop_h", "center_crop_w")]
+    for key, value in zip(("center_crop_h", "center_crop_w"), fraction):
+        if not 0 < value <= 1:
+            raise PtqconvError(f"{path}: {key} should be in (0, 1], got {value}")
+    return None if fraction == [1.0, 1.0] else [float(v) for v in fraction]
+
+
 def model_input_names(model: str) -> List[str]:
     """The input names of an .mnn model (read with ptqconv's mnn reader)."""
     from ptqconv.core.plugins import get_registry
@@ -154,7 +167,8 @@ def build_config(src: str, dst: str, cfg_path: str) -> dict:
         config["preprocess"] = prune({"pixel": FORMATS[fmt],
                                       "size": [height, width] if width else None,
                                       "mean": _numbers(data, "mean", cfg_path),
-                                      "norm": _numbers(data, "normal", cfg_path)})
+                                      "norm": _numbers(data, "normal", cfg_path),
+                                      "crop_fraction": _crop_fraction(data, cfg_path)})
     else:
         raise PtqconvError(f"{cfg_path}: input_type '{input_type}' is not 'image' or 'sequence'")
     if _get(data, "debug", bool, cfg_path, False):

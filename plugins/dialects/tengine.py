@@ -58,7 +58,9 @@ def parser() -> DialectParser:
     p.add_argument("-y", dest="letterbox", default="0", help="letter box: 1 or rows,cols "
                    "(must equal the -g size) keeps the aspect ratio and pads with the value that "
                    "normalizes to 0.5 (0:OFF, default)")
-    p.add_argument("-k", dest="focus", default="0", help="YOLOv5 focus (not supported)")
+    p.add_argument("-k", dest="focus", default="0", help="YOLOv5 focus: after preprocessing, "
+                   "each 2x2 pixel block goes to 4 channel groups, so the model input is "
+                   "4c x h/2 x w/2 for -g c,h,w (0:OFF, 1:ON), default is 0")
     p.add_argument("-t", dest="threads", default="4", help="count of processing threads, "
                    "default is 4")
     return p
@@ -86,8 +88,6 @@ def config_from_args(args) -> dict:
         raise PtqconvError(f"{TOOL}: the input dir of Calibration image not specified (-i)")
     if not args.output:
         raise PtqconvError(f"{TOOL}: the output file of Int8 tmfile not specified (-o)")
-    if flag_value(args.focus, f"{TOOL} -k"):
-        raise PtqconvError(f"{TOOL}: -k 1 (YOLOv5 focus) is not supported by ptqconv")
     method = resolve(TOOL, "-a", args.algorithm, ALGORITHMS)
     dims = [int(v) for v in number_list(args.size, f"{TOOL} -g")]
     if len(dims) != 3 or min(dims) <= 0 or dims[0] not in (1, 3):
@@ -103,6 +103,11 @@ def config_from_args(args) -> dict:
         pre["resize_short"] = CROP_SHORT_SIDE
     elif _letterbox(args.letterbox, hw):
         pre["letterbox"] = [m + 0.5 / s if s else m for m, s in zip(mean, scale)]
+    if flag_value(args.focus, f"{TOOL} -k"):
+        if hw[0] % 2 or hw[1] % 2:
+            raise PtqconvError(f"{TOOL}: -k 1 needs an even -g height and width, got "
+                               f"{hw[0]},{hw[1]}")
+        pre["space_to_depth"] = True
     threads = int(number_list(args.threads, f"{TOOL} -t")[0])
     label = ALGORITHM_LABELS[str(args.algorithm).strip()][1]
     calibration = {"data": absolute(args.images), "method": method, "threads": max(threads, 0),
@@ -134,6 +139,7 @@ def _banner(args, config) -> None:
              f"BGR2RGB     : {'ON' if pre['pixel'] == 'RGB' else 'OFF'}",
              f"Center crop : {'ON' if 'resize_short' in pre else 'OFF'}",
              f"Letter box  : {'ON' if 'letterbox' in pre else 'OFF'}",
+             f"YOLOv5 focus: {'ON' if pre.get('space_to_depth') else 'OFF'}",
              f"Thread num  : {config.get('calibration', {}).get('threads', '-')}", ""]
     print("\n".join(lines), file=sys.stderr)
 
