@@ -319,3 +319,14 @@ def test_every_method_is_registered_with_a_description():
         assert reg.calibrators[m].description
     assert reg.calibrators["eq"].refine is not None
     assert math.isclose(reg.calibrators["aciq"].observer("x").per_sample, 0)
+
+
+def test_kl_with_fewer_values_than_bins_keeps_the_absmax():
+    # 36 values (a pooled FC input on 6 images) over 2048 bins: no meaningful divergence
+    rng = np.random.default_rng(3)
+    small = TensorStats("t", hist_samples=0)
+    small.update(np.abs(rng.normal(0, 1, 36)).astype(np.float32))
+    assert kl_threshold(small, 2048, 128, "ncnn") == pytest.approx(small.absmax)
+    many = TensorStats("t", hist_samples=0)
+    many.update(np.abs(rng.normal(0, 1, 200000)).astype(np.float32))
+    assert kl_threshold(many, 2048, 128, "ncnn") < 0.9 * many.absmax

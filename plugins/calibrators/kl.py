@@ -182,6 +182,10 @@ def kl_threshold(stats, bins: int = 2048, target_bins: int = 128, variant: str =
     absmax = stats.absmax
     if absmax <= 0 or stats.hist is None or stats.hist.sum() <= 0:
         return 0.0
+    if stats.hist.sum() < bins:
+        # fewer values than bins (e.g. a pooled FC input on a few images): the divergence
+        # compares mostly empty bins and picks an arbitrary, often tiny, threshold
+        return absmax
     if variant == "tengine":
         hist = tengine_histogram(stats, bins)
     else:
