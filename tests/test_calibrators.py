@@ -329,4 +329,4 @@ def test_kl_with_fewer_values_than_bins_keeps_the_absmax():
     assert kl_threshold(small, 2048, 128, "ncnn") == pytest.approx(small.absmax)
     many = TensorStats("t", hist_samples=0)
     many.update(np.abs(rng.normal(0, 1, 200000)).astype(np.float32))
-    assert kl_threshold(many, 2048, 128, "ncnn") < 0.9 * many.absmax
+    assert kl_threshold(many, 2048, 128, "ncnn") < 0.95 * many.absmax
