@@ -450,3 +450,20 @@ def test_tensorrt_cache_refuses_asymmetric_and_reports_bad_lines(model, calib, t
     bad.write_text("TRT-8601-EntropyCalibration2\ninput: 7fc00000\n")
     with pytest.raises(PtqconvError, match="not a finite"):
         read_trt_cache(str(bad))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_nan_and_inf_in_data_name_the_tensor_for_every_method(method, model, tmp_path):
+    """The engine rejects non-finite statistics before any calibrator sees them, whichever
+    method is selected: one error naming the tensor and the counts, no output written."""
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    x = np.random.default_rng(0).normal(0, 1, (1, 3, 12, 12)).astype(np.float32)
+    x[0, 0, 0, :3] = [np.nan, np.inf, -np.inf]
+    np.save(folder / "x0.npy", x)
+    out = tmp_path / "o.onnx"
+    with pytest.raises(PtqconvError, match=r"'input' has 1 NaN and 2 Inf"):
+        ptqconv.convert({"input": model, "output": str(out), "to": "onnx-int8",
+                         "calibration": {"data": str(folder), "method": method, "threads": 1,
+                                         "params": FAST if method == "eq" else {}}})
+    assert not out.exists()
