@@ -157,9 +157,21 @@ def remove_identity(graph: Graph) -> Graph:
     return graph.toposort().cleanup()
 
 
+def explicit_kernel_shape(graph: Graph) -> Graph:
+    """Give every Conv/ConvTranspose with a constant weight its ``kernel_shape`` attribute
+    (optional in ONNX), so passes and backend rules can read it from the node."""
+    for node in graph.nodes:
+        if node.op in ("Conv", "ConvTranspose") and "kernel_shape" not in node.attrs and \
+                len(node.inputs) > 1 and node.inputs[1] in graph.constants:
+            node.attrs["kernel_shape"] = [int(d) for d in graph.constants[node.inputs[1]].shape[2:]]
+    return graph
+
+
 def canonicalize(graph: Graph) -> Graph:
-    """The passes every quantization starts from: identities out, constants and BN folded."""
-    return fold_batchnorm(fold_constants(remove_identity(graph))).infer_shapes()
+    """The passes every quantization starts from: identities out, constants and BN folded,
+    kernel shapes explicit."""
+    graph = fold_batchnorm(fold_constants(remove_identity(graph)))
+    return explicit_kernel_shape(graph).infer_shapes()
 
 
 @hookimpl

@@ -60,7 +60,8 @@ def plan_layers(graph: Graph, backend, skip: List[str] = ()) -> List[QuantLayer]
 
 def weight_scales(graph: Graph, layers: List[QuantLayer], quantizer, granularity: str,
                   bits: int, backend, params=None) -> Dict[str, WeightQuant]:
-    """Compute weight steps for every layer with ``quantizer`` at ``granularity``."""
+    """Compute weight steps for every layer with ``quantizer`` at ``granularity`` and ``bits``
+    (fewer where a rule of ``backend`` says so)."""
     result = {}
     for layer in layers:
         allowed = backend.ops[layer.node.op].weights
@@ -71,8 +72,9 @@ def weight_scales(graph: Graph, layers: List[QuantLayer], quantizer, granularity
                                f"{', '.join(allowed)}")
         axis = layer.axis if gran == "per-channel" else None
         w = graph.constants[layer.weight]
-        scales = np.asarray(quantizer.quantize(w, axis, bits, params or {}), dtype=np.float64)
-        result[layer.weight] = WeightQuant(scales.astype(np.float32), axis, bits)
+        layer_bits = backend.weight_bits(layer.node, bits)
+        scales = np.asarray(quantizer.quantize(w, axis, layer_bits, params or {}), dtype=np.float64)
+        result[layer.weight] = WeightQuant(scales.astype(np.float32), axis, layer_bits)
     return result
 
 

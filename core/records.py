@@ -77,6 +77,31 @@ class OpCaps:
     unsigned: bool = False  # activations as uint8 with zero point
 
 
+# attribute values a node has when the attribute is absent (ONNX defaults)
+_ATTR_DEFAULTS = {"strides": [1, 1], "dilations": [1, 1], "group": 1}
+
+
+@dataclass(frozen=True)
+class WeightBitsRule:
+    """Layers of type ``op`` whose attributes equal ``attrs`` get at most ``bits``-bit weights
+    (ncnn's int8 Winograd kernels need 6-bit weights in 3x3 stride-1 convolutions)."""
+
+    op: str
+    attrs: Dict[str, object]
+    bits: int
+    why: str = ""
+
+    def matches(self, node) -> bool:
+        """True when ``node`` is of this rule's op and has its attribute values."""
+        if node.op != self.op:
+            return False
+        for key, want in self.attrs.items():
+            have = node.attr(key, _ATTR_DEFAULTS.get(key))
+            if (list(have) if isinstance(have, (list, tuple)) else have) != want:
+                return False
+        return True
+
+
 @dataclass(frozen=True)
 class Backend:
     """A hardware target as data: which ops run in int8 and with which granularity/bits."""
@@ -90,6 +115,15 @@ class Backend:
     unsigned_symmetric: bool = False
     # default of quantize.bias_correction for this target (None: on unless unsigned_symmetric)
     bias_correction: Optional[bool] = None
+    # layers whose kernels need fewer weight bits than the job asks for
+    weight_bits_rules: Tuple[WeightBitsRule, ...] = ()
+
+    def weight_bits(self, node, bits: int) -> int:
+        """The weight bits ``node`` gets on this backend when the job asks for ``bits``."""
+        for rule in self.weight_bits_rules:
+            if rule.matches(node):
+                bits = min(bits, rule.bits)
+        return bits
 
 
 @dataclass(frozen=True)

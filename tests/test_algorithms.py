@@ -412,6 +412,25 @@ def test_backend_refuses_what_it_cannot_run(model, calib, tmp_path):
                          "quantize": {"weights": "per-tensor"}})
 
 
+def test_ncnn_backend_gives_winograd_convs_six_bit_weights(model, calib, tmp_path):
+    """ncnn-cpu's rule: the 3x3 stride-1 conv gets 6-bit weights in the table itself (absmax/31
+    with minmax), so the threshold check and bias correction measure what ncnn runs; the other
+    layers, and every layer on onnxruntime, keep the job's 8 bits."""
+    graph = ptqconv.convert({"input": model, "to": "onnx", "output": str(tmp_path / "f.onnx")}).graph
+    w1 = graph.constants["w1"].reshape(6, -1)
+    tables = {}
+    for to, ext in (("ncnn-int8", ".param"), ("onnx-int8", ".onnx")):
+        tables[to] = ptqconv.convert({"input": model, "output": str(tmp_path / ("m" + ext)),
+                                      "to": to, "calibration": {"data": calib, "threads": 1},
+                                      "quantize": {"bias_correction": False}}).table
+    ncnn_w1 = tables["ncnn-int8"].weights["w1"]
+    assert ncnn_w1.bits == 6
+    np.testing.assert_allclose(ncnn_w1.scales, np.abs(w1).max(axis=1) / 31, rtol=1e-6)
+    assert tables["ncnn-int8"].weights["w3"].bits == 8     # 1x1
+    assert tables["ncnn-int8"].weights["w2"].bits == 8     # depthwise 3x3
+    assert tables["onnx-int8"].weights["w1"].bits == 8
+
+
 def test_tensorrt_cache_hex_and_round_trip(model, calib, tmp_path):
     assert float_to_hex(1 / 127) == "3c010204"
     assert hex_to_float("3c010a14") == pytest.approx(1.00025 / 127, rel=1e-5)

@@ -132,7 +132,10 @@ def plan_int8(graph, node, table: Optional[QuantTable], winograd_6bit: bool = Tr
     n = rows.shape[0]
     qmax = 127
     if winograd_6bit and is_winograd_conv(node):
-        steps, qmax = six_bit_steps(rows, steps, table), WINOGRAD_QMAX
+        wq = table.weights.get(node.inputs[1])
+        if wq is None or wq.bits > 6:  # a table made for another backend
+            steps = six_bit_steps(rows, steps, table)
+        qmax = WINOGRAD_QMAX
     if kind == "ConvolutionDepthWise":
         group = int(node.attr("group", 1))
         per_group = steps.reshape(group, -1).max(axis=1)
