@@ -4,7 +4,7 @@ swapped for the shared data, preprocessing values for the model's), then top-1 o
 Run from the project root (needs ../shared/data; about 10-15 minutes on 2 cores):
 
     python benchmarks/dialects.py [--only ncnn,mnn,tengine,tnn,tnn-kl,mindspore] [--threads 2]
-                                  [--work DIR] [--keep] [--agreement] [--refine]
+                                  [--work DIR] [--keep] [--agreement] [--seed-exact]
                                   [--bias-correction]
 
 Model: SqueezeNet v1.1 (shared ``models/squeezenet_v1.1``), preprocessing caffe-bgr227 (whole
@@ -47,7 +47,7 @@ PREPROCESS = {"pixel": "BGR", "size": [SIZE, SIZE], "mean": MEAN}
 TOP1 = re.compile(r"top-1 ([0-9.]+)% \((\d+)/(\d+)\).*\[(\w+)\]")
 
 
-EXTRA = []  # ptqconv switches added to every dialect command (--refine)
+EXTRA = []  # ptqconv switches added to every dialect command (--seed-exact, ...)
 DIALECT_COMMANDS = ("ncnn2table", "quantized", "quant_tool_int8", "quantization_cmd",
                     "converter_lite")
 
@@ -219,8 +219,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", help="work folder (default: a temporary one)")
     p.add_argument("--keep", action="store_true", help="keep the temporary work folder")
-    p.add_argument("--refine", action="store_true", help="add --refine (ptqconv's layer-output "
-                   "check of the tools' thresholds) to every dialect command")
+    p.add_argument("--seed-exact", action="store_true", help="add --seed-exact (the tools' own "
+                   "thresholds, without ptqconv's check) to every dialect command")
     p.add_argument("--bias-correction", action="store_true", help="add --bias-correction "
                    "(ptqconv's empirical bias correction) to every dialect command")
     p.add_argument("--agreement", action="store_true", help="also count the evaluation images "
@@ -231,7 +231,7 @@ def main(argv=None) -> int:
         print(f"shared data not found: {SHARED}", file=sys.stderr)
         return 1
     names = args.only.split(",") if args.only else list(DIALECTS)
-    EXTRA[:] = (["--refine"] if args.refine else []) + \
+    EXTRA[:] = (["--seed-exact"] if args.seed_exact else []) + \
         (["--bias-correction"] if args.bias_correction else [])
     work = args.work or tempfile.mkdtemp(prefix="ptqconv_dialects_")
     os.makedirs(work, exist_ok=True)
@@ -246,7 +246,7 @@ def main(argv=None) -> int:
         except RuntimeError as exc:
             rows.append((name, str(exc), 0.0, None, None))
         print(f"{name}: done", file=sys.stderr, flush=True)
-    print(f"\nSqueezeNet v1.1{' (dialects with --refine)' if args.refine else ''}, "
+    print(f"\nSqueezeNet v1.1{' (dialects with --seed-exact)' if args.seed_exact else ''}, "
           f"{CALIB_COUNT} calibration images, top-1 on "
           f"{fp32[2]} evaluation images (fp32 in {fp32[3]}: {fp32[0]:.2f}%, {fp32[1]}/{fp32[2]})\n")
     print("| dialect | command | quantize time | runtime | int8 top-1 | drop vs fp32 | <= 1.0 "

@@ -167,7 +167,7 @@ def test_mnn_keys_map_onto_the_config(tmp_path, capsys, tiny, images):
     config = yaml.safe_load(run_ok(capsys, "quantized", tiny, tmp_path / "q.mnn", cfg,
                                    "--print-config"))
     assert config["calibration"] == {"data": str(images), "count": 3, "method": "ema",
-                                     "batch_size": 2, "refine": "none"}
+                                     "batch_size": 2, "refine": "cosine"}
     assert config["quantize"] == {"weight_method": "admm", "bits": 8, "skip": ["conv1"],
                                   "params": {"weight_clamp_value": 100}, "activation_clamp": 120,
                                   "bias_correction": False}
@@ -184,7 +184,7 @@ def test_mnn_feature_clamp_value_sets_the_step(tmp_path, capsys, tiny, images):
         cfg = _mnn_json(tmp_path / f"q{clamp}.json", path=str(images),
                         feature_quantize_method="KL", feature_clamp_value=clamp)
         config = yaml.safe_load(run_ok(capsys, "quantized", src, tmp_path / "q.mnn", cfg,
-                                       "--print-config"))
+                                       "--print-config", "--seed-exact"))
         assert config["calibration"]["refine"] == "none"
         config["save_table"] = str(tmp_path / f"t{clamp}.json")
         tables[clamp] = ptqconv.convert(config).table
@@ -266,9 +266,9 @@ def test_tengine_flags_map_onto_the_config(tmp_path, capsys, tiny, images):
     assert config["preprocess"] == {"pixel": "RGB", "size": [SIZE, SIZE],
                                     "mean": [104.007, 116.669, 122.679], "norm": [0.017] * 3}
     assert config["calibration"]["method"] == "kl-tengine"
-    assert config["calibration"]["refine"] == "none"  # the tool's own thresholds
-    refined = yaml.safe_load(run_ok(capsys, *args, "--print-config", "--refine"))
-    assert refined["calibration"]["refine"] == "cosine"
+    assert config["calibration"]["refine"] == "cosine"  # ptqconv's check of the thresholds
+    exact = yaml.safe_load(run_ok(capsys, *args, "--print-config", "--seed-exact"))
+    assert exact["calibration"]["refine"] == "none"  # the tool's own thresholds
     crop = args[:-8] + ["-c", "1", "-b", "0", "-a", "0", "-t", "2"]
     config = yaml.safe_load(run_ok(capsys, *crop, "--print-config"))
     assert config["preprocess"]["resize_short"] == 256 and config["preprocess"]["pixel"] == "BGR"

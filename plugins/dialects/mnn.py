@@ -21,7 +21,8 @@ from ptqconv.plugins.dialects.common import (SWITCHES, SWITCH_HELP, absolute, ap
                                              resolve, run_or_print, take_flags)
 
 TOOL = "quantized"
-USAGE = "quantized origin.mnn quan.mnn config.json [--print-config] [--refine] [-q]"
+USAGE = ("quantized origin.mnn quan.mnn config.json [--print-config] [--seed-exact] "
+         "[--bias-correction] [-q]")
 FEATURE_METHODS = {"KL": "kl-mnn", "ADMM": "admm", "EMA": "ema"}
 WEIGHT_METHODS = {"MAX_ABS": "minmax", "ADMM": "admm"}
 FORMATS = {"RGB": "RGB", "BGR": "BGR", "RGBA": "RGBA", "BGRA": "BGRA", "GRAY": "GRAY"}

@@ -32,7 +32,7 @@ KEYS = ("mean", "norm", "shape", "pixel", "thread", "method", "type")
 OPTIMIZE_FLAGS = {"0": None, "1": 1, "65536": Unsupported("65536", "fp16 arithmetic hints")}
 
 TABLE_USAGE = ("ncnn2table [ncnnparam] [ncnnbin] [list,...] [ncnntable] [(key=value)...]")
-TABLE_HELP = f"""usage: ptqconv {TABLE_USAGE} [--print-config] [--refine] [-q]
+TABLE_HELP = f"""usage: ptqconv {TABLE_USAGE} [--print-config] [--seed-exact] [-q]
 
 Calibrate an ncnn model and write ncnn's calibration table (a table-only ptqconv job).
   mean=[104.0,117.0,123.0],...   per input, subtracted from the pixels
