@@ -121,19 +121,31 @@ def base_config(model_path, pre, calib_list, output, threads):
             "preprocess": pre.model_dump(exclude_none=True)}
 
 
-def evaluate(model_path, images, labels, threads) -> float:
-    """Top-1 accuracy of an ONNX model on preprocessed ``images``."""
+def evaluate(model_path, images, threads) -> np.ndarray:
+    """Class probabilities (N x classes) of an ONNX model on preprocessed ``images`` (softmax
+    of the outputs unless they already are probabilities)."""
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    hits = 0
-    for x, y in zip(images, labels):
-        out = sess.run(None, {name: x[None]})[0]
-        hits += int(np.argmax(out.reshape(-1)) == y)
-    return hits / len(labels)
+    rows = []
+    for x in images:
+        y = np.asarray(sess.run(None, {name: x[None]})[0], np.float64).reshape(-1)
+        if y.min() < 0 or abs(y.sum() - 1) > 1e-3:
+            y = np.exp(y - y.max())
+            y /= y.sum()
+        rows.append(y)
+    return np.stack(rows)
+
+
+def scores(probs, labels, ref):
+    """(top-1, images whose top-1 equals the fp32 model's, mean KL(fp32 || probs))."""
+    top1 = float(np.mean(probs.argmax(1) == np.asarray(labels)))
+    same = int(np.sum(probs.argmax(1) == ref.argmax(1)))
+    kl = float(np.mean(np.sum(ref * np.log((ref + 1e-12) / (probs + 1e-12)), axis=1)))
+    return top1, same, kl
 
 
 def eval_set(pre, files):
@@ -149,16 +161,18 @@ def run(args) -> int:
     evaluation = evaluation[:args.eval_count]
     words = [w.strip() for w in args.only.split(",")] if args.only else []
     rows = [r for r in configurations() if not words or any(w in r[0] for w in words)]
-    lines = [f"| model | configuration | top-1 (%) | drop vs fp32 (points) | convert time (s) | "
-             f"peak RSS (MB) |", "|---|---|---|---|---|---|"]
+    lines = [f"| model | configuration | top-1 (%) | drop vs fp32 (points) | same top-1 as fp32 "
+             f"| output KL vs fp32 | convert time (s) | peak RSS (MB) |",
+             "|---|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         calib_list = os.path.join(tmp, "calib.txt")
         Path(calib_list).write_text("\n".join(calib[:args.calib_count]) + "\n")
         for model in args.models:
             path, pre = MODELS[model]
             images, labels = eval_set(pre, evaluation)
-            fp32 = evaluate(path, images, labels, args.threads)
-            lines.append(f"| {model} | fp32 | {100 * fp32:.2f} | - | - | - |")
+            ref = evaluate(path, images, args.threads)
+            fp32 = scores(ref, labels, ref)[0]
+            lines.append(f"| {model} | fp32 | {100 * fp32:.2f} | - | {len(labels)} | 0 | - | - |")
             print(lines[-1], flush=True)
             for label, overrides in rows:
                 out = os.path.join(tmp, "model_int8.onnx")
@@ -169,13 +183,13 @@ def run(args) -> int:
                 result = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
                 if proc.returncode != 0 or not result:
                     err = (proc.stderr.strip().splitlines() or ["?"])[-1]
-                    lines.append(f"| {model} | {label} | failed: {err} | | | |")
+                    lines.append(f"| {model} | {label} | failed: {err} | | | | | |")
                 else:
                     r = json.loads(result[0][7:])
-                    top1 = evaluate(out, images, labels, args.threads)
+                    top1, same, kl = scores(evaluate(out, images, args.threads), labels, ref)
                     lines.append(f"| {model} | {label} | {100 * top1:.2f} | "
-                                 f"{100 * (fp32 - top1):+.2f} | {r['seconds']:.1f} | "
-                                 f"{r['peak_mb']:.0f} |")
+                                 f"{100 * (fp32 - top1):+.2f} | {same} | {kl:.4f} | "
+                                 f"{r['seconds']:.1f} | {r['peak_mb']:.0f} |")
                 print(lines[-1], flush=True)
     header = (f"# Calibration and weight methods: accuracy, time, memory\n\n"
               f"Command: `python benchmarks/algorithms_accuracy.py --threads {args.threads} "

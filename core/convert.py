@@ -9,6 +9,7 @@ from typing import Dict, List, Optional
 from ptqconv.core import log
 from ptqconv.core.atomic import check_not_input
 from ptqconv.core.calibrate import collect_stats
+from ptqconv.core.centre import centre_tensors
 from ptqconv.core.config import Config, load_config
 from ptqconv.core.corrections import apply_bias_corrections, measure_bias_corrections
 from ptqconv.core.data import CalibrationData, list_samples
@@ -243,7 +244,9 @@ def table_job(registry, cfg: Config, t0: float) -> ConvertResult:
     loaded, reader, in_paths = read_model(registry, cfg)
     check_not_input([cfg.save_table], in_paths)
     graph = registry.get("passes", "canonicalize").run(loaded.graph)
-    backend = registry.get("backends", cfg.backend or reader.backend)
+    # a table alone cannot carry the graph rewrite that centring needs
+    backend = replace(registry.get("backends", cfg.backend or reader.backend),
+                      centre_non_negative=False)
     table = job_table(registry, cfg, graph, loaded, backend, "int8")
     save_table(registry, table, graph, cfg.save_table)
     return ConvertResult([cfg.save_table], table, graph, {"total": time.perf_counter() - t0})
@@ -282,6 +285,8 @@ def convert(config=None, **overrides) -> ConvertResult:
     else:
         write_table = table
     graph = apply_bias_corrections(graph, write_table)
+    if write_table is not None and backend.centre_non_negative:
+        graph, write_table = centre_tensors(graph, write_table)
     for name in writer.write_passes:
         graph = registry.get("passes", name).run(graph)
     written = writer.write(graph, write_table, outs, dict(cfg.options)) or outs

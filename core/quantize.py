@@ -6,6 +6,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from ptqconv.core.centre import centrable
 from ptqconv.core.errors import PtqconvError, did_you_mean
 from ptqconv.core.ir.graph import Graph, Node
 from ptqconv.core.numeric import QuantSpec
@@ -109,13 +110,18 @@ def non_negative(graph: Graph, tensor: str) -> bool:
 
 def unsigned_where_non_negative(graph: Graph, activations, backend) -> int:
     """Give structurally non-negative tensors unsigned codes [0, 2^bits-1] with zero point 0
-    (still symmetric: the sign bit would be wasted) when ``backend.unsigned_symmetric``.
+    (still symmetric: the sign bit would be wasted) when ``backend.unsigned_symmetric``, or, for
+    a backend that centres them (``centre_non_negative``), those :func:`centrable` allows.
     Changes ``activations`` in place; returns how many changed."""
-    if not backend.unsigned_symmetric:
+    if backend.unsigned_symmetric:
+        eligible = non_negative
+    elif backend.centre_non_negative:
+        eligible = centrable
+    else:
         return 0
     changed = 0
     for name, aq in activations.items():
-        if aq.signed and aq.zero_point == 0 and aq.scale > 0 and non_negative(graph, name):
+        if aq.signed and aq.zero_point == 0 and aq.scale > 0 and eligible(graph, name):
             t = aq.threshold if aq.threshold is not None else aq.scale * aq.qmax
             activations[name] = ActQuant(t / (2 ** aq.bits - 1), 0, aq.bits, False, t)
             changed += 1
@@ -156,7 +162,7 @@ def check_table_for_backend(table: QuantTable, graph: Graph, backend) -> None:
                 problems.append(f"layer '{name}' has {wq.bits}-bit weights")
         aq = table.activations.get(node.inputs[0])
         if aq is not None:
-            if not aq.signed and not caps.unsigned:
+            if not aq.signed and not caps.unsigned and not backend.centre_non_negative:
                 problems.append(f"input of layer '{name}' is uint8")
             if aq.zero_point != 0 and "asymmetric" not in caps.activations:
                 problems.append(f"input of layer '{name}' is asymmetric")

@@ -115,6 +115,9 @@ class Backend:
     unsigned_symmetric: bool = False
     # default of quantize.bias_correction for this target (None: on unless unsigned_symmetric)
     bias_correction: Optional[bool] = None
+    # no zero points, but never-negative inputs of layers without padding can be centred in the
+    # float graph to use every int8 code (core/centre.py; ncnn)
+    centre_non_negative: bool = False
     # layers whose kernels need fewer weight bits than the job asks for
     weight_bits_rules: Tuple[WeightBitsRule, ...] = ()
 

@@ -5,7 +5,9 @@ holds the layer's weight multipliers (per output channel; per group for Convolut
 ``31/absmax`` for 3x3 stride-1 Convolution), ``<layer>`` the multiplier of its input blob. A layer
 is int8 only when both lines exist; a missing or commented-out activation line keeps it fp32.
 Written tables leave out the activation lines of float layers (never their ``_param_0`` lines,
-which would make ncnn2int8 stop quantizing that layer type).
+which would make ncnn2int8 stop quantizing that layer type). A tensor the job gave unsigned codes
+(centred by the ncnn-int8 writer, core/centre.py) is written with signed codes over its
+threshold: the table describes the model as given, without the centring rewrite.
 """
 from __future__ import annotations
 
@@ -42,7 +44,10 @@ def write_ncnn_table(table: QuantTable, graph, path) -> None:
         weights.append(_line(names[node.name] + WEIGHT_SUFFIX, plan.scales))
         aq = table.activations.get(node.inputs[0])
         if table.is_quantized(node.name) and aq is not None and aq.scale > 0:
-            acts.append(_line(names[node.name], [1.0 / aq.scale]))
+            step = aq.scale
+            if not aq.signed:  # codes the table cannot say: the same threshold, signed
+                step = (aq.threshold or aq.scale * aq.qmax) / (2 ** (aq.bits - 1) - 1)
+            acts.append(_line(names[node.name], [1.0 / step]))
     write_text_atomic(str(path), "\n".join(weights + acts) + "\n")
 
 

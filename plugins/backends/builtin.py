@@ -21,11 +21,12 @@ NCNN_WINOGRAD = WeightBitsRule("Conv", {"kernel_shape": [3, 3], "strides": [1, 1
 
 def _profile(name, description, ops=CONV_FC, weights=PER_CHANNEL_OR_TENSOR,
              activations=("symmetric",), unsigned=False, outputs=False, bits=(8,),
-             unsigned_symmetric=False, bias_correction=None, weight_bits_rules=()):
+             unsigned_symmetric=False, bias_correction=None, weight_bits_rules=(),
+             centre=False):
     caps = OpCaps(weights=weights, activations=activations, unsigned=unsigned, bits=bits)
     return Backend(name, {op: caps for op in ops}, description, quantize_outputs=outputs,
                    unsigned_symmetric=unsigned_symmetric, bias_correction=bias_correction,
-                   weight_bits_rules=weight_bits_rules)
+                   weight_bits_rules=weight_bits_rules, centre_non_negative=centre)
 
 
 LOW_BITS = tuple(range(2, 9))
@@ -42,9 +43,10 @@ def register_backends(register):
                       weights=("per-tensor",)))
     register(_profile("ncnn-cpu", "ncnn int8: Convolution, ConvolutionDepthWise, InnerProduct; "
                       "per-channel (per-group) weights, symmetric int8 activations; 6-bit "
-                      "weights in 3x3 stride-1 convolutions (int8 Winograd)",
+                      "weights in 3x3 stride-1 convolutions (int8 Winograd); never-negative "
+                      "inputs of unpadded layers centred to use every code",
                       ops=("Conv", "Gemm", "MatMul"),
-                      weight_bits_rules=(NCNN_WINOGRAD,)))
+                      weight_bits_rules=(NCNN_WINOGRAD,), centre=True))
     register(_profile("mnn-cpu", "MNN int8 convolutions: per-channel symmetric weights, per-tensor "
                       "activations; an int8 conv needs its output tensor's scale too",
                       ops=("Conv", "ConvTranspose"), bits=LOW_BITS, outputs=True,
