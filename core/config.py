@@ -89,6 +89,9 @@ class Quantize(_Strict):
     equalize: bool = False  # cross-layer equalization pre-pass (core/equalize.py)
     equalize_clip: bool = False  # also through Clip(0, b), rewritten as per-channel Min + Relu
     unsigned_activations: bool = True  # where the backend runs them (onnxruntime, tengine)
+    # backends without zero points (ncnn): also centre inputs of padded convolutions through an
+    # explicit Pad layer (full 8-bit codes on depthwise inputs; a padding layer per such conv)
+    centre_padded: bool = False
     params: Dict[str, Union[float, int, str, bool]] = Field(default_factory=dict)
     auto_mixed: Optional[AutoMixed] = None
 

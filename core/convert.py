@@ -194,7 +194,7 @@ def calibrate_table(registry, cfg: Config, graph, backend, quant: str) -> QuantT
                           cfg.calibration.threads, observer=calibrator.observer, exact=True)
     activations = {name: calibrator.compute(s, spec, params) for name, s in stats.items()}
     if spec.symmetric and cfg.quantize.unsigned_activations:
-        n = unsigned_where_non_negative(graph, activations, backend)
+        n = unsigned_where_non_negative(graph, activations, backend, q.centre_padded)
         if n:
             log.step(f"{n} non-negative tensor(s) use unsigned codes with zero point 0")
     zero = [n for n, a in activations.items() if a.scale == 0]
@@ -286,7 +286,7 @@ def convert(config=None, **overrides) -> ConvertResult:
         write_table = table
     graph = apply_bias_corrections(graph, write_table)
     if write_table is not None and backend.centre_non_negative:
-        graph, write_table = centre_tensors(graph, write_table)
+        graph, write_table = centre_tensors(graph, write_table, cfg.quantize.centre_padded)
     for name in writer.write_passes:
         graph = registry.get("passes", name).run(graph)
     written = writer.write(graph, write_table, outs, dict(cfg.options)) or outs

@@ -108,15 +108,17 @@ def non_negative(graph: Graph, tensor: str) -> bool:
     return False
 
 
-def unsigned_where_non_negative(graph: Graph, activations, backend) -> int:
+def unsigned_where_non_negative(graph: Graph, activations, backend, padded: bool = False) -> int:
     """Give structurally non-negative tensors unsigned codes [0, 2^bits-1] with zero point 0
     (still symmetric: the sign bit would be wasted) when ``backend.unsigned_symmetric``, or, for
-    a backend that centres them (``centre_non_negative``), those :func:`centrable` allows.
+    a backend that centres them (``centre_non_negative``), those :func:`centrable` allows
+    (``padded``: inputs of padded convolutions too).
     Changes ``activations`` in place; returns how many changed."""
     if backend.unsigned_symmetric:
         eligible = non_negative
     elif backend.centre_non_negative:
-        eligible = centrable
+        def eligible(g, name):
+            return centrable(g, name, padded)
     else:
         return 0
     changed = 0

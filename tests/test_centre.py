@@ -143,3 +143,21 @@ def test_ncnn_runs_the_centred_model_as_simulated(tmp_path, job):
         want = sim.run(["y"], {"x": x})[0].reshape(-1)
         ref = fp32.run(["y"], {"x": x})[0].reshape(-1)
         assert np.abs(got - want).max() <= 0.05 * np.abs(ref).max()
+
+
+def test_padded_convolution_inputs_centre_through_an_explicit_pad(job):
+    graph, table = job
+    assert centrable(graph, "ra", padded=True) and not centrable(graph, "ra")
+    aq = table.activations["mp"]
+    table.activations["ra"] = replace(aq, scale=aq.scale * 8, threshold=aq.threshold * 8)
+    centred, new_table = centre_tensors(graph, table, padded=True)
+    pad = [n for n in centred.nodes if n.op == "Pad"]
+    assert len(pad) == 1 and pad[0].inputs[0] == "ra"
+    assert float(centred.constants[pad[0].inputs[2]]) == pytest.approx(
+        -new_table.activations["ra"].threshold)
+    assert new_table.activations[pad[0].outputs[0]] == new_table.activations["ra"]
+    xs = np.random.default_rng(6).normal(0, 1, (3, 1, 3, 10, 10)).astype(np.float32)
+    sim = _run(insert_qdq(graph.copy(), table), xs)
+    real = _run(insert_qdq(centred.copy(), new_table), xs)
+    for a, b in zip(sim, real):   # 'side' (conv_p's output) included
+        np.testing.assert_allclose(a[1], b[1], rtol=1e-4, atol=1e-4)
