@@ -69,7 +69,7 @@ def time_stages(method: str, threads: int, count: int):
 
     calibrator = registry.get("calibrators", method)
     t0 = time.perf_counter()
-    stats = collect_stats(graph, [layer.activation for layer in layers], data, threads)
+    stats = collect_stats(graph, [layer.activation for layer in layers], data, threads, exact=True)
     stats_pass = time.perf_counter() - t0
     t0 = time.perf_counter()
     spec = QuantSpec()

@@ -11,8 +11,9 @@ bias of every consumer. ``x'`` fills the codes -127..127, the same codes as the 
 
 This is exact only where nothing sees ``x'`` but the shifted layers: every consumer must be a
 convolution without padding (a padded border would read 0 = ``x`` of ``c``) or a fully connected
-layer (with ``padded``, a padded convolution too: its padding moves into an explicit ``Pad`` with
-value ``-c``, which costs the backend a padding layer; ~30% slower MobileNetV2 in ncnn on x86), and the chain back to the producing layers may pass only through ops that commute with
+layer (with ``padded``, a padded convolution too: its padding moves into an explicit ``Pad``
+with value ``-c``, which costs the backend a padding layer; ~30% slower MobileNetV2 in ncnn on
+x86), and the chain back to the producing layers may pass only through ops that commute with
 a shift (Concat, MaxPool, whose ONNX padding is -inf, global pooling, Flatten, Reshape), with
 no other reader on the way.
 

@@ -90,6 +90,24 @@ class TensorStats:
         if self.histogram and nonzero:
             self._add_to_histogram(mag, max(abs(float(lo)), abs(float(hi))), sample.size - nonzero)
 
+    def add_summary(self, lo: float, hi: float, count: int, sum_abs: float) -> None:
+        """Fold one batch's min, max, value count and sum of ``|x|`` (computed elsewhere, e.g.
+        inside the onnxruntime graph) into the statistics."""
+        self.batches += 1
+        self.count += int(count)
+        self.min = min(self.min, float(lo))
+        self.max = max(self.max, float(hi))
+        self.sum_abs += float(sum_abs)
+
+    def add_to_histogram(self, x: np.ndarray) -> None:
+        """Bin every ``|x|`` of one batch into a histogram whose range was fixed upfront
+        (``upper``, the absmax of a first pass) and count its exact zeros."""
+        mag = np.abs(np.asarray(x, dtype=np.float32).reshape(-1))
+        zeros = mag.size - int(np.count_nonzero(mag))
+        self.zero_count += zeros
+        if self.histogram and self.bin_width and zeros < mag.size:
+            self._add_to_histogram(mag, self.absmax, zeros)
+
     def _add_to_histogram(self, mag: np.ndarray, batch_absmax: float, zeros: int) -> None:
         # the range grows with the batch's true absmax (the sample may have missed the extreme)
         if self.bin_width == 0.0:

@@ -67,3 +67,43 @@ def test_resampled_preserves_mass_and_range():
     assert r.sum() == pytest.approx(s.hist.sum())
     # uniform data: every resampled bin gets about the same share
     assert r[100:1900].std() / r[100:1900].mean() < 0.2
+
+
+def test_exact_two_pass_statistics_equal_numpy_over_all_inputs(tmp_path):
+    """collect_stats(exact=True): ranges reduced inside onnxruntime, then every |x| binned on
+    [0, absmax]; the result equals numpy over the concatenated activations."""
+    from ptqconv.core.calibrate import collect_stats
+    from ptqconv.core.convert import calibration_data
+    from ptqconv.core.config import load_config
+    from ptqconv.core.ir.onnx_bridge import from_onnx
+    from ptqconv.core.runtime import make_session
+    import onnx
+    from synthetic import tiny_cnn
+    model = tiny_cnn(tmp_path / "t.onnx")
+    rng = np.random.default_rng(2)
+    (tmp_path / "c").mkdir()
+    for k in range(5):
+        np.save(tmp_path / "c" / f"x{k}.npy", rng.normal(0, 1, (1, 3, 16, 16)).astype(np.float32))
+    graph = from_onnx(onnx.load(model))
+    cfg = load_config({"input": model, "calibration": {"data": str(tmp_path / "c")}})
+    data = calibration_data(cfg, graph)
+    watched = ["input", "r1", "r2"]
+    stats = collect_stats(graph, watched, data, exact=True)
+    session = make_session(graph, extra_outputs=["r1", "r2"])
+    values = {t: [] for t in watched}
+    for feed in data.batches():
+        out = dict(zip(["r1", "r2"], session.run(["r1", "r2"], feed)))
+        values["input"].append(feed["input"].ravel())
+        for t in ("r1", "r2"):
+            values[t].append(out[t].ravel())
+    for t in watched:
+        x = np.concatenate(values[t]).astype(np.float64)
+        s = stats[t]
+        assert s.count == x.size and s.min == pytest.approx(x.min()) and \
+            s.max == pytest.approx(x.max())
+        assert s.sum_abs == pytest.approx(np.abs(x).sum(), rel=1e-5)
+        assert s.zero_count == int(np.sum(x == 0))
+        mag = np.abs(x[x != 0]).astype(np.float32)
+        idx = np.minimum((mag * np.float32(1 / s.bin_width)).astype(np.int64), s.bins - 1)
+        np.testing.assert_array_equal(s.hist, np.bincount(idx, minlength=s.bins))
+        assert s.hist_range >= np.abs(x).max()
