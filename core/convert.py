@@ -196,7 +196,9 @@ def calibrate_table(registry, cfg: Config, graph, backend, quant: str) -> QuantT
     if spec.symmetric and cfg.quantize.unsigned_activations:
         n = unsigned_where_non_negative(graph, activations, backend, q.centre_padded)
         if n:
-            log.step(f"{n} non-negative tensor(s) use unsigned codes with zero point 0")
+            how = "centred in the written model" if backend.centre_non_negative else \
+                "unsigned codes with zero point 0"
+            log.step(f"{n} never-negative tensor(s) get every int8 code ({how})")
     zero = [n for n, a in activations.items() if a.scale == 0]
     if zero:
         log.step(f"warning: {len(zero)} tensor(s) were all zero on the calibration data "
