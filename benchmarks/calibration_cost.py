@@ -41,7 +41,7 @@ print(json.dumps({"seconds": time.perf_counter() - t,
 def time_stages(method: str, threads: int, count: int):
     """Return seconds for plain inference and for each calibration stage over ``count`` images."""
     from ptqconv.core import log
-    from ptqconv.core.calibrate import collect_stats
+    from ptqconv.core.calibrate import collect_stats, compute_thresholds
     from ptqconv.core.config import load_config
     from ptqconv.core.convert import calibration_data, read_model
     from ptqconv.core.numeric import QuantSpec
@@ -73,7 +73,7 @@ def time_stages(method: str, threads: int, count: int):
     stats_pass = time.perf_counter() - t0
     t0 = time.perf_counter()
     spec = QuantSpec()
-    acts = {name: calibrator.compute(s, spec, {}) for name, s in stats.items()}
+    acts = compute_thresholds(calibrator, stats, spec, {}, threads)
     search = time.perf_counter() - t0
     weights = weight_scales(graph, layers, registry.get("weight_quantizers", "minmax"),
                             "per-channel", 8, backend)

@@ -6,6 +6,7 @@ activations are dropped. Peak memory therefore does not grow with the number of 
 """
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Iterable
@@ -159,3 +160,17 @@ def collect_stats(graph, tensors: Iterable[str], data, threads: int = 0, histogr
              f"({seen / max(elapsed, 1e-9):.1f} inputs/s)")
     _check(stats, seen)
     return stats
+
+
+def compute_thresholds(calibrator, stats: Dict[str, TensorStats], spec, params,
+                       threads: int = 0) -> Dict[str, object]:
+    """Run ``calibrator.compute`` for every tensor's statistics; returns {tensor: ActQuant}.
+    Tensors are independent, and the searches are numpy-heavy (which releases the GIL), so they
+    run on ``threads`` worker threads (0: one per CPU)."""
+    workers = threads or os.cpu_count() or 1
+    names = list(stats)
+    if workers <= 1 or len(names) < 2:
+        return {n: calibrator.compute(stats[n], spec, params) for n in names}
+    with ThreadPoolExecutor(max_workers=min(workers, len(names))) as pool:
+        results = pool.map(lambda n: calibrator.compute(stats[n], spec, params), names)
+        return dict(zip(names, results))

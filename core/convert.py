@@ -8,7 +8,7 @@ from typing import Dict, List, Optional
 
 from ptqconv.core import log
 from ptqconv.core.atomic import check_not_input
-from ptqconv.core.calibrate import collect_stats
+from ptqconv.core.calibrate import collect_stats, compute_thresholds
 from ptqconv.core.centre import centre_tensors
 from ptqconv.core.config import Config, load_config
 from ptqconv.core.corrections import apply_bias_corrections, measure_bias_corrections
@@ -192,7 +192,7 @@ def calibrate_table(registry, cfg: Config, graph, backend, quant: str) -> QuantT
     # KL thresholds of MobileNetV2 by up to 2x (KL's divergence curve has several minima)
     stats = collect_stats(graph, [layer.activation for layer in layers] + outputs, data,
                           cfg.calibration.threads, observer=calibrator.observer, exact=True)
-    activations = {name: calibrator.compute(s, spec, params) for name, s in stats.items()}
+    activations = compute_thresholds(calibrator, stats, spec, params, cfg.calibration.threads)
     if spec.symmetric and cfg.quantize.unsigned_activations:
         n = unsigned_where_non_negative(graph, activations, backend, q.centre_padded)
         if n:
