@@ -117,10 +117,16 @@ class TensorStats:
             while self.hist_range * k < batch_absmax:  # guard against log2 rounding
                 k *= 2
             self.rebin(k)
-        mag *= np.float32(1.0 / self.bin_width)
-        idx = mag.astype(np.intp)
-        np.minimum(idx, self.bins - 1, out=idx)
-        counts = np.bincount(idx, minlength=self.bins).astype(np.float64)
+        inv = np.float32(1.0 / self.bin_width)
+        if not np.isfinite(inv):  # a range below float32's normal numbers: all in bin 0
+            self.hist[0] += mag.size - zeros
+            return
+        mag *= inv
+        # every value is <= the range, so an index is at most ``bins`` (the range's upper edge,
+        # or float rounding just below it): fold that one extra bin into the last
+        counts = np.bincount(mag.astype(np.intp), minlength=self.bins + 1).astype(np.float64)
+        counts[self.bins - 1] += counts[self.bins:].sum()
+        counts = counts[: self.bins]
         counts[0] -= zeros  # exact zeros are tracked in zero_count, not in the histogram
         self.hist += counts
 
