@@ -110,9 +110,12 @@ def collect_stats(graph, tensors: Iterable[str], data, threads: int = 0, histogr
     and stored as ``stats.extra``. ``exact`` makes the histograms the seed tools' two-pass ones:
     a first pass (:func:`summary_pass`, reduced inside onnxruntime) finds each tensor's range,
     the second bins every value on ``[0, absmax]`` with ``bins`` equal bins (no sampling, no
-    re-binning). Memory stays flat; the data is run twice.
+    re-binning). Memory stays flat; the data is run twice. Without ``histogram`` (and without
+    an observer) the range pass alone is run.
     """
     tensors = list(dict.fromkeys(tensors))
+    if not histogram and observer is None:
+        return summary_pass(graph, tensors, data, threads)
     summary = None
     if exact and histogram:
         summary = summary_pass(graph, tensors, data, threads)

@@ -191,7 +191,8 @@ def calibrate_table(registry, cfg: Config, graph, backend, quant: str) -> QuantT
     # exact two-pass histograms: the streamed one's sampling and power-of-two re-binning moved
     # KL thresholds of MobileNetV2 by up to 2x (KL's divergence curve has several minima)
     stats = collect_stats(graph, [layer.activation for layer in layers] + outputs, data,
-                          cfg.calibration.threads, observer=calibrator.observer, exact=True)
+                          cfg.calibration.threads, histogram=calibrator.histogram,
+                          observer=calibrator.observer, exact=True)
     activations = compute_thresholds(calibrator, stats, spec, params, cfg.calibration.threads)
     if spec.symmetric and cfg.quantize.unsigned_activations:
         n = unsigned_where_non_negative(graph, activations, backend, q.centre_padded)

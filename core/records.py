@@ -56,6 +56,7 @@ class Calibrator:
     observer: Optional[Callable] = None
     refine: Optional[Callable] = None
     params: Dict[str, object] = field(default_factory=dict)
+    histogram: bool = True  # False: ``compute`` reads only min/max/count/sum|x| (one fast pass)
 
 
 @dataclass(frozen=True)

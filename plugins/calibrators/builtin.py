@@ -111,7 +111,8 @@ def mse(stats, spec, params):
 
 @hookimpl
 def register_calibrators(register):
-    register(Calibrator("minmax", minmax, "running min/max (absmax for symmetric targets)"))
+    register(Calibrator("minmax", minmax, "running min/max (absmax for symmetric targets)",
+                        histogram=False))
     register(Calibrator("kl", _kl("ncnn"), "KL-divergence threshold, ncnn/TensorRT variant "
                         "(2048 bins, eps 1e-4 on P and Q)"))
     register(Calibrator("kl-mnn", _kl("mnn"), "KL-divergence threshold, MNN/TNN variant "
@@ -122,7 +123,7 @@ def register_calibrators(register):
                         "Lite variant (seeded bins, P and Q renormalized; params seed_penalty: true for the "
                         "tool's +1 per seed-only bin)"))
     register(Calibrator("aciq", aciq, "ACIQ analytical clip (Gaussian from absmax and size, or "
-                        "Laplace from mean |x|)", observer=aciq_mod.SampleSize))
+                        "Laplace from mean |x|)", observer=aciq_mod.SampleSize, histogram=False))
     register(Calibrator("admm", admm, "MNN feature ADMM step fixed point, on the histogram"))
     register(Calibrator("ema", ema, "MNN EMA of nudged per-batch ranges, asymmetric",
                         observer=EmaRange))
