@@ -78,10 +78,17 @@ def _shiftable_consumer(graph: Graph, node: Node, tensor: str, padded: bool) -> 
             len(node.inputs) < 2 or node.inputs[1] not in graph.constants:
         return False
     if node.op == "Conv":
+        w = graph.constants[node.inputs[1]]
+        group = int(node.attr("group", 1))
+        # 2-D, and plain or depthwise: ncnn runs other grouped convolutions with one weight step
+        # per group, so their int8 weights are not the table's per-channel ones
+        if w.ndim != 4 or group not in (1, w.shape[0]):
+            return False
         return _explicit_pads(node) if padded else not _has_padding(node)
     if node.op == "Gemm":
         bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
-        return not node.attr("transA", 0) and float(node.attr("beta", 1.0)) != 0 and \
+        return graph.constants[node.inputs[1]].ndim == 2 and not node.attr("transA", 0) and \
+            float(node.attr("beta", 1.0)) != 0 and \
             (bias is None or (bias in graph.constants and graph.constants[bias].ndim <= 1))
     return False
 
