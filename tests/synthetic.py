@@ -9,6 +9,20 @@ def _init(name, array):
     return numpy_helper.from_array(np.asarray(array, dtype=np.float32), name)
 
 
+def save_model(nodes, inits, inputs, outputs, path, name="model", opset=13):
+    """Build, check and save an ONNX model; ``inputs``/``outputs`` are (name, shape) pairs of
+    float tensors. Returns the path as a string."""
+    graph = helper.make_graph(
+        nodes, name, [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return str(path)
+
+
 def tiny_cnn(path, seed=0, batchnorm=True, opset=13, size=16):
     """Conv(3->8,3x3) [+BN] -> Relu -> Conv dw(8) -> Clip(0,6) -> GlobalAveragePool -> Flatten
     -> Gemm(8->5); input 'input' [1,3,size,size], output 'logits' [1,5]. Returns the path."""

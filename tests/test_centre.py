@@ -4,9 +4,8 @@ simulates; padded consumers and shared tensors are left alone."""
 from dataclasses import replace
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 import ptqconv
 from ptqconv.core.centre import centrable, centre_tensors
@@ -16,6 +15,7 @@ from ptqconv.core.qtable import FLOAT
 from ptqconv.core.runtime import session_from_model
 from ptqconv.formats.onnx.qdq import insert_qdq
 from ptqconv.formats.onnx.reader import read_onnx
+from synthetic import save_model
 
 
 def _init(name, a):
@@ -50,16 +50,8 @@ def branchy_model(path, seed=0):
     # concat chain is centrable while 'ra' (read by the padded conv_p) is not
     nodes.insert(2, helper.make_node("Relu", ["ca2"], ["ra2"], name="relu_a2"))
     nodes.insert(2, helper.make_node("Conv", ["x", "wa", "ba"], ["ca2"], name="conv_a2"))
-    graph = helper.make_graph(
-        nodes, "branchy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 10, 10])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5]),
-         helper.make_tensor_value_info("side", TensorProto.FLOAT, [1, 2, 8, 8])],
-        initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return str(path)
+    return save_model(nodes, inits, [("x", [1, 3, 10, 10])],
+                      [("y", [1, 5]), ("side", [1, 2, 8, 8])], path, "branchy")
 
 
 @pytest.fixture

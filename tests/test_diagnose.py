@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import ptqconv
 from cli_helpers import run_cli
-from synthetic import tiny_cnn, write_images
+from synthetic import save_model, tiny_cnn, write_images
 from ptqconv.core.data import CalibrationData
 from ptqconv.core.config import Preprocess
 from ptqconv.core.diagnose import metrics, plots
@@ -98,14 +98,8 @@ def hard_model(path, seed=0):
              mk("GlobalAveragePool", ["rd"], ["gap"], name="gap"),
              mk("Flatten", ["gap"], ["flat"], name="flatten", axis=1),
              mk("Gemm", ["flat", "wfc", "bfc"], ["logits"], name="fc", transB=1)]
-    graph = helper.make_graph(
-        nodes, "hard", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5])], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return str(path)
+    return save_model(nodes, inits, [("input", [1, 3, 16, 16])], [("logits", [1, 5])], path,
+                      "hard")
 
 
 @pytest.fixture
