@@ -73,9 +73,21 @@ def _explicit_pads(node: Node) -> bool:
     return (auto.decode() if isinstance(auto, bytes) else auto) in ("NOTSET", "VALID")
 
 
+def _adjustable_bias(graph: Graph, node: Node) -> bool:
+    """True when :func:`_add_to_bias` can change ``node``'s bias: none, or a constant (for Gemm
+    at most 1-D, with a non-zero ``beta``)."""
+    bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
+    if node.op == "Gemm" and float(node.attr("beta", 1.0)) == 0:
+        return False
+    if bias is None:
+        return True
+    return bias in graph.constants and (node.op != "Gemm" or graph.constants[bias].ndim <= 1)
+
+
 def _shiftable_consumer(graph: Graph, node: Node, tensor: str, padded: bool) -> bool:
     if not node.inputs or node.inputs[0] != tensor or tensor in node.inputs[1:] or \
-            len(node.inputs) < 2 or node.inputs[1] not in graph.constants:
+            len(node.inputs) < 2 or node.inputs[1] not in graph.constants or \
+            not _adjustable_bias(graph, node):
         return False
     if node.op == "Conv":
         w = graph.constants[node.inputs[1]]
@@ -86,10 +98,7 @@ def _shiftable_consumer(graph: Graph, node: Node, tensor: str, padded: bool) -> 
             return False
         return _explicit_pads(node) if padded else not _has_padding(node)
     if node.op == "Gemm":
-        bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
-        return graph.constants[node.inputs[1]].ndim == 2 and not node.attr("transA", 0) and \
-            float(node.attr("beta", 1.0)) != 0 and \
-            (bias is None or (bias in graph.constants and graph.constants[bias].ndim <= 1))
+        return graph.constants[node.inputs[1]].ndim == 2 and not node.attr("transA", 0)
     return False
 
 
@@ -98,16 +107,12 @@ def _weighted_producer(graph: Graph, node: Optional[Node], consumers) -> bool:
     if node is None or node.op not in WEIGHTED or len(consumers.get(node.outputs[0], [])) != 1 \
             or node.outputs[0] in graph.output_names() or node.inputs[1] not in graph.constants:
         return False
-    if node.op == "Gemm":
-        bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
-        return float(node.attr("beta", 1.0)) != 0 and \
-            (bias is None or (bias in graph.constants and graph.constants[bias].ndim <= 1))
-    return len(node.inputs) < 3 or not node.inputs[2] or node.inputs[2] in graph.constants
+    return _adjustable_bias(graph, node)
 
 
 def _sources(graph: Graph, tensor: str, producers, consumers) -> Optional[List[Node]]:
-    """The activation nodes whose outputs flow unchanged (through Concat/MaxPool) into
-    ``tensor``, or None when the chain has another reader or another kind of node."""
+    """The activation nodes whose outputs flow into ``tensor`` through :data:`PASS_THROUGH` ops
+    only, or None when the chain has another reader or another kind of node."""
     node = producers.get(tensor)
     if node is None:
         return None
